@@ -1,0 +1,73 @@
+"""The FastAPI application: routers, error handlers, and a lifespan that owns every connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..errors import SpendgateError
+from ..policy.reload import PolicyReloader
+from ..reconcile.periodic import reconcile_periodically
+from ..runtime import Runtime, open_runtime
+from ..settings import Settings, get_settings
+from . import routes_admin, routes_decisions, routes_health, routes_metrics
+from .errors import install_error_handlers
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("spendgate")
+
+
+async def _expire_reservations(runtime: Runtime) -> None:
+    """Release reservations never recorded; every replica runs this, the counters make it exactly-once."""
+    while True:
+        await asyncio.sleep(runtime.settings.expiry_interval_seconds)
+        try:
+            released = await runtime.counters.expire(now=runtime.clock())
+            if released:
+                runtime.metrics.reservation_expiries.inc(released)
+                log.info("released %d expired reservations", released)
+        except SpendgateError as exc:
+            log.warning("reservation expiry skipped: %s", exc.message)
+        except Exception:  # noqa: BLE001 — the sweeper must outlive any one failure
+            log.exception("reservation expiry failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Tokens must be set (the CLI generates missing ones before calling this)."""
+    settings = settings or get_settings()
+    if settings.admin_token is None or settings.gateway_token is None:
+        settings, _ = settings.with_generated_tokens()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(settings) as runtime:
+            app.state.runtime = runtime
+            tasks = [asyncio.create_task(_expire_reservations(runtime), name="spendgate-expiry")]
+            if settings.reconcile_interval_seconds > 0:
+                tasks.append(asyncio.create_task(reconcile_periodically(runtime), name="spendgate-reconcile"))
+            if settings.policy_reload_seconds > 0:
+                reloader = PolicyReloader(runtime.policy, settings.policy_dir, interval_seconds=settings.policy_reload_seconds)
+                app.state.policy_reloader = reloader
+                tasks.append(asyncio.create_task(reloader.run(), name="spendgate-policy-reload"))
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    app = FastAPI(title="Spendgate", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_decisions.router)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_metrics.router)
+    return app

@@ -1,0 +1,106 @@
+"""The counters port: hot `spent`/`reserved` figures per ledger and the reservations on them.
+
+Two adapters implement it and pass one contract suite (tests/test_counters_contract.py):
+`RedisCounters` (atomic Lua, for several replicas) and `SqlCounters` (conditional updates on
+the ledger table itself, for the embedded default and Postgres-only deployments).
+
+The authoritative `spent` lives in the ledger store; a counter's `spent` is a cache of it,
+replaced only by a newer snapshot (higher version), so a counter can be rebuilt at any time
+and can never count a cost twice. `reserved` exists only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal, NamedTuple, Protocol
+
+from ..ledgers import LedgerRef, LedgerSnapshot
+
+__all__ = [
+    "DECISION_KEEP_SECONDS",
+    "Counters",
+    "Figures",
+    "Hold",
+    "CommitOutcome",
+    "StoredDecision",
+    "SnapshotLoader",
+]
+
+#: Decisions are kept at least this long, so a repeated authorize returns the first decision.
+DECISION_KEEP_SECONDS = 24 * 3600
+
+#: Loads the authoritative spent/version of ledgers (missing ones are absent from the result).
+SnapshotLoader = Callable[[Sequence[str]], Awaitable[dict[str, LedgerSnapshot]]]
+
+
+class Figures(NamedTuple):
+    spent: int
+    reserved: int
+
+
+class Hold(NamedTuple):
+    """Reserve `amount` on `ledger` only if it has room under `limit` (None: no limit)."""
+
+    ledger: LedgerRef
+    limit: int | None
+
+
+class StoredDecision(NamedTuple):
+    """The first decision taken for a request id, as authorize returned it."""
+
+    request_id: str
+    body: dict[str, Any]
+    #: Ledgers the request charges (empty for a denial).
+    ledgers: tuple[LedgerRef, ...]
+    amount: int
+
+
+class CommitOutcome(NamedTuple):
+    status: Literal["committed", "duplicate", "no_room"]
+    #: For "duplicate": the decision stored first. For "committed": the one just stored.
+    stored: StoredDecision | None
+    #: For "no_room": the ids of the ledgers without room.
+    full: tuple[str, ...] = ()
+
+
+class Counters(Protocol):
+    async def read(self, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
+        """Figures of every given ledger, keyed by ledger id (a ledger never charged reads 0/0)."""
+        ...
+
+    async def prior_decision(self, request_id: str) -> StoredDecision | None:
+        """The decision stored for this request id by an earlier authorize, if any."""
+        ...
+
+    async def commit_decision(
+        self,
+        *,
+        decision: StoredDecision,
+        holds: Sequence[Hold],
+        ttl_seconds: int,
+        now: datetime,
+    ) -> CommitOutcome:
+        """Store the decision for its request id — first writer wins — and reserve atomically.
+
+        With holds (an allow), either every held ledger has room for the amount (`spent +
+        reserved + amount <= limit`; with amount 0, `spent + reserved < limit`) and all are
+        reserved until `now + ttl_seconds`, or nothing is written and the outcome is
+        "no_room". Without holds (a denial) the decision is only stored.
+        """
+        ...
+
+    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> None:
+        """After a record committed: release the request's reservation (if still held) and
+        bring each ledger's `spent` up to the committed snapshot. Idempotent."""
+        ...
+
+    async def expire(self, *, now: datetime, limit: int = 500) -> int:
+        """Release reservations whose time ran out, each exactly once; returns how many."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise `Unavailable` when the backing store cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...

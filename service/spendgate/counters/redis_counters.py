@@ -1,0 +1,249 @@
+"""Redis counters adapter: hot `spent`/`reserved` per ledger shared by every replica.
+
+Every write is one Lua script (`lua/*.lua`, package data, registered once per adapter), so
+replicas never read-modify-write. A ledger hash is a cache of the ledger store: when it is
+missing (never seeded, expired, evicted, flushed) it is rebuilt from `load_snapshots` before
+it is trusted, and `spent` is only ever replaced by a newer snapshot — never incremented —
+so rebuilding can never count a cost twice. Each hash creation gets a fresh epoch; a hold
+remembers the epochs it reserved on and releases only on the same incarnation, so a rebuilt
+hash never goes negative.
+
+Money crosses into Lua as decimal strings; the scripts compare them exactly (see
+`lua/_lib.lua`) and add with HINCRBY, exact up to Redis' signed 64-bit integers (2^63-1
+nanos ≈ 9.2 billion USD), the same bound as the ledger's BIGINT columns.
+
+Needs one Redis (standalone or Sentinel), not Cluster: release scripts reach keys named by
+a hold. Use `maxmemory-policy noeviction`: an evicted decision key would let a repeated
+authorize reserve again (evicted ledger hashes are harmless — they are rebuilt).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import Unavailable
+from ..ledgers import LedgerRef, LedgerSnapshot
+from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, SnapshotLoader, StoredDecision
+
+__all__ = ["RedisCounters"]
+
+#: A windowed ledger's hash outlives its period by this much (late records still find it).
+LEDGER_GRACE_SECONDS = 2 * 24 * 3600
+#: Lifetime of a hash created by `settle`, which knows no period; the next commit corrects it.
+SETTLED_HASH_SECONDS = 2 * 24 * 3600
+#: How often commit rebuilds missing ledger hashes before giving up.
+REBUILD_ATTEMPTS = 3
+
+
+def _lua(name: str) -> str:
+    return resources.files("spendgate.counters").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ledger_ttl(ref: LedgerRef) -> str:
+    """Seconds a ledger hash should live ('' for a ledger that never resets)."""
+    if ref.period_end is None:
+        return ""
+    remaining = int(ref.period_end.timestamp() - time.time()) + LEDGER_GRACE_SECONDS
+    return str(max(remaining, 3600))
+
+
+def _decision_json(decision: StoredDecision) -> str:
+    return json.dumps(
+        {
+            "request_id": decision.request_id,
+            "body": decision.body,
+            "ledgers": [ref.to_json() for ref in decision.ledgers],
+            "amount": decision.amount,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _decision_from_json(raw: Any) -> StoredDecision:
+    data = json.loads(_text(raw))
+    return StoredDecision(
+        request_id=data["request_id"],
+        body=data["body"],
+        ledgers=tuple(LedgerRef.from_json(item) for item in data["ledgers"]),
+        amount=int(data["amount"]),
+    )
+
+
+def _unique_holds(holds: Sequence[Hold]) -> list[Hold]:
+    """One hold per ledger (the tightest limit wins), in ledger-id order."""
+    merged: dict[str, Hold] = {}
+    for hold in holds:
+        seen = merged.get(hold.ledger.id)
+        if seen is None or (hold.limit is not None and (seen.limit is None or hold.limit < seen.limit)):
+            merged[hold.ledger.id] = hold
+    return [merged[key] for key in sorted(merged)]
+
+
+@asynccontextmanager
+async def _redis_errors() -> AsyncIterator[None]:
+    """A lost or refused Redis connection is 503 `unavailable` naming Redis."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        raise Unavailable("redis", type(exc).__name__) from exc
+
+
+class RedisCounters:
+    """The counters port on Redis; `close()` closes the client it was given."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        load_snapshots: SnapshotLoader,
+        key_prefix: str = "sg",
+        on_rebuild: Callable[[int], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._load_snapshots = load_snapshots
+        #: Told how many ledger hashes each rebuild seeds (the service counts them as a metric).
+        self._on_rebuild = on_rebuild
+        self._prefix = key_prefix
+        lib = _lua("_lib.lua")
+        self._seed = client.register_script(lib + _lua("seed.lua"))
+        self._commit = client.register_script(lib + _lua("commit.lua"))
+        self._settle = client.register_script(lib + _lua("settle.lua"))
+        self._expire = client.register_script(lib + _lua("expire.lua"))
+
+    # --- key names --------------------------------------------------------------------
+
+    def _ledger_key(self, ledger_id: str) -> str:
+        return f"{self._prefix}:l:{ledger_id}"
+
+    def _decision_key(self, request_id: str) -> str:
+        return f"{self._prefix}:d:{request_id}"
+
+    def _hold_key(self, request_id: str) -> str:
+        return f"{self._prefix}:h:{request_id}"
+
+    @property
+    def _expiry_key(self) -> str:
+        return f"{self._prefix}:exp"
+
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self._prefix}:epoch"
+
+    # --- the port ---------------------------------------------------------------------
+
+    async def read(self, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
+        refs = list({ref.id: ref for ref in ledgers}.values())
+        if not refs:
+            return {}
+        async with _redis_errors():
+            pipe = self._client.pipeline(transaction=True)
+            for ref in refs:
+                pipe.hmget(self._ledger_key(ref.id), "spent", "reserved")
+            rows = await pipe.execute()
+        figures: dict[str, Figures] = {}
+        missing: list[LedgerRef] = []
+        for ref, (spent, reserved) in zip(refs, rows):
+            if spent is None:
+                missing.append(ref)
+            else:
+                figures[ref.id] = Figures(int(_text(spent)), int(_text(reserved or b"0")))
+        if missing:
+            figures.update(await self._rebuild(missing))
+        return figures
+
+    async def prior_decision(self, request_id: str) -> StoredDecision | None:
+        async with _redis_errors():
+            raw = await self._client.get(self._decision_key(request_id))
+        return None if raw is None else _decision_from_json(raw)
+
+    async def commit_decision(
+        self,
+        *,
+        decision: StoredDecision,
+        holds: Sequence[Hold],
+        ttl_seconds: int,
+        now: datetime,
+    ) -> CommitOutcome:
+        if decision.amount < 0:
+            raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
+        unique = _unique_holds(holds)
+        keys = [self._decision_key(decision.request_id), self._hold_key(decision.request_id), self._expiry_key]
+        keys += [self._ledger_key(hold.ledger.id) for hold in unique]
+        args: list[str] = [
+            _decision_json(decision),
+            str(max(DECISION_KEEP_SECONDS, ttl_seconds + 3600)),
+            str(decision.amount),
+            str(int(now.timestamp() * 1000) + ttl_seconds * 1000),
+            decision.request_id,
+        ]
+        for hold in unique:
+            args += [hold.ledger.id, "" if hold.limit is None else str(hold.limit), _ledger_ttl(hold.ledger)]
+        refs = {hold.ledger.id: hold.ledger for hold in unique}
+        for _ in range(REBUILD_ATTEMPTS):
+            async with _redis_errors():
+                reply = [_text(item) for item in await self._commit(keys=keys, args=args)]
+            status, rest = reply[0], reply[1:]
+            if status == "committed":
+                return CommitOutcome("committed", decision)
+            if status == "duplicate":
+                return CommitOutcome("duplicate", _decision_from_json(rest[0]))
+            if status == "no_room":
+                return CommitOutcome("no_room", None, tuple(rest))
+            await self._rebuild([refs[ledger_id] for ledger_id in rest])
+        raise Unavailable("redis", "ledger counters disappear as soon as they are rebuilt; check maxmemory-policy")
+
+    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> None:
+        newest: dict[str, LedgerSnapshot] = {}
+        for snap in snapshots:
+            if snap.ledger_id not in newest or snap.version > newest[snap.ledger_id].version:
+                newest[snap.ledger_id] = snap
+        keys = [self._epoch_key] + [self._ledger_key(ledger_id) for ledger_id in newest]
+        args = [self._prefix, request_id, str(SETTLED_HASH_SECONDS)]
+        for snap in newest.values():
+            args += [str(snap.spent), str(snap.version)]
+        async with _redis_errors():
+            await self._settle(keys=keys, args=args)
+
+    async def expire(self, *, now: datetime, limit: int = 500) -> int:
+        async with _redis_errors():
+            released = await self._expire(
+                keys=[self._expiry_key], args=[self._prefix, str(int(now.timestamp() * 1000)), str(limit)]
+            )
+        return int(released)
+
+    async def ping(self) -> None:
+        async with _redis_errors():
+            await self._client.ping()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # --- rebuilding -------------------------------------------------------------------
+
+    async def _rebuild(self, refs: Sequence[LedgerRef]) -> dict[str, Figures]:
+        """Seed missing ledger hashes from the ledger store (absent ledgers seed as 0, version 0)."""
+        if self._on_rebuild is not None:
+            self._on_rebuild(len(refs))
+        snapshots = await self._load_snapshots([ref.id for ref in refs])
+        args: list[str] = []
+        for ref in refs:
+            snap = snapshots.get(ref.id)
+            args += [str(snap.spent if snap else 0), str(snap.version if snap else 0), _ledger_ttl(ref)]
+        async with _redis_errors():
+            flat = await self._seed(keys=[self._epoch_key] + [self._ledger_key(ref.id) for ref in refs], args=args)
+        return {
+            ref.id: Figures(int(_text(flat[2 * i])), int(_text(flat[2 * i + 1]))) for i, ref in enumerate(refs)
+        }

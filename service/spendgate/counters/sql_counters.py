@@ -1,0 +1,246 @@
+"""SQL counters adapter: reservations on the ledger table itself (SQLite or PostgreSQL).
+
+For the embedded single-machine default and for deployments without Redis. `spent` is the
+ledger store's own column, so there is no cache to rebuild and settling needs no snapshot:
+`reserved` sits next to it and the `reservations` table keeps each decision and its hold.
+
+Every write is one transaction whose first statement writes (SQLite then takes its write
+lock at once and waits its busy timeout instead of failing a lock upgrade). Admission is a
+conditional `UPDATE … WHERE <room>`: the database re-checks the condition on the locked row,
+so concurrent replicas can never overshoot a limit. Ledger rows are locked in ledger-id
+order — as `LedgerStore.record` does — so transactions never deadlock. A released
+reservation is marked, never deleted, by a guarded update (`WHERE released = false`),
+which makes every release happen exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, case, delete, false, select, text, true, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..db import SessionFactory, dialect_name, execute_core, wrap_database_errors
+from ..errors import Unavailable
+from ..ledgers import LedgerRef, LedgerSnapshot
+from ..tables import Ledger, Reservation, utcnow
+from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, StoredDecision
+
+__all__ = ["SqlCounters"]
+
+_ledgers: Table = Ledger.__table__  # type: ignore[attr-defined]
+_reservations: Table = Reservation.__table__  # type: ignore[attr-defined]
+
+
+def _unique_holds(holds: Sequence[Hold]) -> list[Hold]:
+    """One hold per ledger (the tightest limit wins), in ledger-id order: the lock order."""
+    merged: dict[str, Hold] = {}
+    for hold in holds:
+        seen = merged.get(hold.ledger.id)
+        if seen is None or (hold.limit is not None and (seen.limit is None or hold.limit < seen.limit)):
+            merged[hold.ledger.id] = hold
+    return [merged[key] for key in sorted(merged)]
+
+
+def _insert(session: Any, table: Table) -> Any:
+    dialect = dialect_name(session)
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+
+
+def _room(limit: int, amount: int) -> ColumnElement[bool]:
+    """The admission rule on a ledger row: spent + reserved + amount <= limit (amount 0: < limit)."""
+    held = _ledgers.c.spent + _ledgers.c.reserved
+    return held + amount <= limit if amount > 0 else held < limit
+
+
+def _stored(request_id: str, amount: int, decision: dict[str, Any]) -> StoredDecision:
+    return StoredDecision(
+        request_id=request_id,
+        body=decision["body"],
+        ledgers=tuple(LedgerRef.from_json(item) for item in decision["ledgers"]),
+        amount=int(amount),
+    )
+
+
+def _unreserve(ledger_id: str, amount: int) -> Any:
+    """Take `amount` off a ledger's reserved figure, never below zero."""
+    return (
+        update(_ledgers)
+        .where(_ledgers.c.ledger_id == ledger_id)
+        .values(reserved=case((_ledgers.c.reserved > amount, _ledgers.c.reserved - amount), else_=0))
+    )
+
+
+class SqlCounters:
+    """The counters port on the ledger database; `close()` leaves the engine to its owner."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    async def read(self, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
+        ids = sorted({ref.id for ref in ledgers})
+        if not ids:
+            return {}
+        async with wrap_database_errors(), self._sessions() as session:
+            rows = await execute_core(
+                session,
+                select(_ledgers.c.ledger_id, _ledgers.c.spent, _ledgers.c.reserved).where(_ledgers.c.ledger_id.in_(ids)),
+            )
+            found = {row[0]: Figures(int(row[1]), int(row[2])) for row in rows}
+        return {ledger_id: found.get(ledger_id, Figures(0, 0)) for ledger_id in ids}
+
+    async def prior_decision(self, request_id: str) -> StoredDecision | None:
+        async with wrap_database_errors(), self._sessions() as session:
+            row = (
+                await execute_core(
+                    session,
+                    select(_reservations.c.amount, _reservations.c.decision).where(_reservations.c.request_id == request_id),
+                )
+            ).first()
+        return None if row is None else _stored(request_id, row[0], row[1])
+
+    async def commit_decision(
+        self,
+        *,
+        decision: StoredDecision,
+        holds: Sequence[Hold],
+        ttl_seconds: int,
+        now: datetime,
+    ) -> CommitOutcome:
+        if decision.amount < 0:
+            raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
+        unique = _unique_holds(holds)
+        amount = decision.amount
+        async with wrap_database_errors(), self._sessions() as session:
+            transaction = await session.begin()
+            try:
+                inserted = await session.exec(
+                    _insert(session, _reservations)
+                    .values(
+                        request_id=decision.request_id,
+                        amount=amount,
+                        charges=[hold.ledger.id for hold in unique],
+                        decision={"body": decision.body, "ledgers": [ref.to_json() for ref in decision.ledgers]},
+                        expires_at=now + timedelta(seconds=ttl_seconds),
+                        released=not unique,
+                        created_at=utcnow(),
+                    )
+                    .on_conflict_do_nothing(index_elements=["request_id"])
+                    .returning(_reservations.c.request_id)
+                )
+                if inserted.first() is None:
+                    await transaction.rollback()
+                    prior = await self.prior_decision(decision.request_id)
+                    if prior is None:  # the first writer's row vanished between the two statements
+                        raise Unavailable("database", "a concurrent authorize of this request id is in flight")
+                    return CommitOutcome("duplicate", prior)
+                full = await self._reserve(session, unique, amount)
+                if full:
+                    await transaction.rollback()
+                    return CommitOutcome("no_room", None, tuple(full))
+                await transaction.commit()
+            except BaseException:
+                if transaction.is_active:
+                    await transaction.rollback()
+                raise
+        return CommitOutcome("committed", decision)
+
+    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> None:
+        # `spent` was written by the ledger store into these very rows: only the hold is left.
+        async with wrap_database_errors(), self._sessions() as session, session.begin():
+            row = (
+                await session.exec(
+                    update(_reservations)
+                    .where(_reservations.c.request_id == request_id, _reservations.c.released == false())
+                    .values(released=True)
+                    .returning(_reservations.c.amount, _reservations.c.charges)
+                )
+            ).first()
+            if row is not None:
+                for ledger_id in sorted(set(row[1])):
+                    await session.exec(_unreserve(ledger_id, int(row[0])))
+
+    async def expire(self, *, now: datetime, limit: int = 500) -> int:
+        async with wrap_database_errors(), self._sessions() as session, session.begin():
+            due = (
+                select(_reservations.c.request_id)
+                .where(_reservations.c.released == false(), _reservations.c.expires_at <= now)
+                .order_by(_reservations.c.expires_at)
+                .limit(limit)
+            )
+            if dialect_name(session) == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            rows = (
+                await session.exec(
+                    update(_reservations)
+                    .where(_reservations.c.request_id.in_(due.scalar_subquery()), _reservations.c.released == false())
+                    .values(released=True)
+                    .returning(_reservations.c.amount, _reservations.c.charges)
+                )
+            ).all()
+            totals: dict[str, int] = {}
+            for amount, charges in rows:
+                for ledger_id in set(charges):
+                    totals[ledger_id] = totals.get(ledger_id, 0) + int(amount)
+            for ledger_id in sorted(totals):
+                await session.exec(_unreserve(ledger_id, totals[ledger_id]))
+        await self._forget_old_decisions(now=now, limit=limit)
+        return len(rows)
+
+    async def _forget_old_decisions(self, *, now: datetime, limit: int) -> None:
+        """Drop settled decisions once their idempotency window (24 h) is over, a batch at a time."""
+        cutoff = now - timedelta(seconds=DECISION_KEEP_SECONDS)
+        async with wrap_database_errors(), self._sessions() as session, session.begin():
+            old = (
+                select(_reservations.c.request_id)
+                .where(_reservations.c.released == true(), _reservations.c.created_at < cutoff)
+                .limit(limit)
+            )
+            await session.exec(delete(_reservations).where(_reservations.c.request_id.in_(old.scalar_subquery())))
+
+    async def ping(self) -> None:
+        async with wrap_database_errors(), self._sessions() as session:
+            await execute_core(session, text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Nothing to close: the engine belongs to the application's lifespan."""
+
+    # --- reserving --------------------------------------------------------------------
+
+    @staticmethod
+    async def _reserve(session: Any, holds: Sequence[Hold], amount: int) -> list[str]:
+        """Reserve on each ledger in id order (creating its row first); the ids without room.
+
+        Creating and updating one ledger before touching the next keeps every row lock —
+        including the one on a freshly inserted row — in ledger-id order.
+        """
+        stamp = utcnow()
+        full: list[str] = []
+        for hold in holds:
+            ref = hold.ledger
+            await session.exec(
+                _insert(session, _ledgers)
+                .values(
+                    ledger_id=ref.id,
+                    entity_type=ref.entity_type,
+                    entity_id=ref.entity_id,
+                    window=ref.window,
+                    period_start=ref.period_start,
+                    period_end=ref.period_end,
+                    spent=0,
+                    reserved=0,
+                    version=0,
+                    updated_at=stamp,
+                )
+                .on_conflict_do_nothing(index_elements=["ledger_id"])
+            )
+            statement = update(_ledgers).where(_ledgers.c.ledger_id == ref.id)
+            if hold.limit is not None:
+                statement = statement.where(_room(hold.limit, amount))
+            result = await session.exec(statement.values(reserved=_ledgers.c.reserved + amount))
+            if result.rowcount == 0:
+                full.append(ref.id)
+        return full

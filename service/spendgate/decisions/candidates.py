@@ -1,0 +1,42 @@
+"""Candidate ledgers: every ledger a request could charge, one per budget window of every entity.
+
+Which of them are charged is the attribution policy's call, not this module's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from ..facts import EntityFacts, RequestFacts
+from ..ledgers import LedgerRef, ledger_for_budget
+
+__all__ = ["Candidate", "candidate_ledgers"]
+
+
+class Candidate(NamedTuple):
+    ref: LedgerRef
+    limit: int | None
+    soft_budget: int | None
+
+
+def _for_entity(entity: EntityFacts, at: datetime) -> list[Candidate]:
+    if not entity.budgets:
+        return [Candidate(ledger_for_budget(entity_type=entity.type, entity_id=entity.id, budget=None, at=at), None, None)]
+    return [
+        Candidate(
+            ledger_for_budget(entity_type=entity.type, entity_id=entity.id, budget=window, at=at),
+            window.max_budget,
+            window.soft_budget,
+        )
+        for window in entity.budgets
+    ]
+
+
+def candidate_ledgers(facts: RequestFacts, at: datetime) -> list[Candidate]:
+    """All candidates, in a stable order (entity order of `RequestFacts.entities`, then window)."""
+    seen: dict[str, Candidate] = {}
+    for entity in facts.entities():
+        for candidate in _for_entity(entity, at):
+            seen.setdefault(candidate.ref.id, candidate)
+    return list(seen.values())

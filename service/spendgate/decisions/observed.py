@@ -1,0 +1,196 @@
+"""authorize and record as the routes call them: measured per stage, counted, and logged.
+
+`authorize`/`record` stay free of instrumentation. Their ports are handed over behind thin
+timing proxies (facts, policy, counters, database), so each stage's time is summed over the
+whole call — authorize may evaluate more than once — and observed once per call.
+
+The decision log is one JSON line per decision on the logger `spendgate.decisions`
+(INFO): decision id, request id, phase, decision, policy revision, charges, reasons, alert
+codes, amounts and latency. It never holds the api_key secret or its hash: entries are built
+from the response body and the request's amounts only, never from the request itself. With
+the setting `decision_log` off, or the logger not enabled for INFO, nothing is built; when on,
+a decision costs one `json.dumps`. Stdlib logging is synchronous: a deployment that wants the
+handler's I/O off the request path attaches a `logging.handlers.QueueHandler` to the logger.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import uuid
+from time import perf_counter
+from typing import Any, cast
+
+from ..counters import CommitOutcome, Counters, StoredDecision
+from ..errors import RecordConflict, SpendgateError
+from ..facts import FactsCache
+from ..ledgers import LedgerStore
+from ..money import format_nanos
+from ..policy import PolicyEngine
+from ..runtime import Runtime
+from .authorize import authorize
+from .models import AuthorizeRequest, RecordRequest
+from .record import record
+
+__all__ = ["observed_authorize", "observed_record", "DECISION_LOGGER"]
+
+DECISION_LOGGER = "spendgate.decisions"
+decision_log = logging.getLogger(DECISION_LOGGER)
+
+
+class _Timed:
+    """Adds the time spent in every awaited method of `target` to `timings[stage]`."""
+
+    __slots__ = ("_target", "_stage", "_timings")
+
+    def __init__(self, target: Any, stage: str, timings: dict[str, float]) -> None:
+        self._target = target
+        self._stage = stage
+        self._timings = timings
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        stage, timings = self._stage, self._timings
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = perf_counter()
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                timings[stage] = timings.get(stage, 0.0) + perf_counter() - start
+
+        return timed
+
+
+class _TimedCounters(_Timed):
+    """Also notices when authorize answered with a stored decision (a replay) instead of deciding."""
+
+    __slots__ = ("replayed",)
+
+    def __init__(self, target: Counters, timings: dict[str, float]) -> None:
+        super().__init__(target, "counters", timings)
+        self.replayed = False
+
+    async def prior_decision(self, request_id: str) -> StoredDecision | None:
+        prior: StoredDecision | None = await _Timed.__getattr__(self, "prior_decision")(request_id)
+        self.replayed = prior is not None
+        return prior
+
+    async def commit_decision(self, **kwargs: Any) -> CommitOutcome:
+        outcome: CommitOutcome = await _Timed.__getattr__(self, "commit_decision")(**kwargs)
+        self.replayed = outcome.status == "duplicate"
+        return outcome
+
+
+def _charges(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"type": c["entity"]["type"], "id": c["entity"]["id"], "window": c["window"]} for c in body["charges"]]
+
+
+def _emit(entry: dict[str, Any]) -> None:
+    decision_log.info(json.dumps({"decision_id": str(uuid.uuid4()), **entry}, separators=(",", ":"), default=str))
+
+
+def _logging(runtime: Runtime) -> bool:
+    return runtime.settings.decision_log and decision_log.isEnabledFor(logging.INFO)
+
+
+async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> dict[str, Any]:
+    """`authorize` with stage timings, decision counts and a decision-log line."""
+    metrics = runtime.metrics
+    timings: dict[str, float] = {}
+    counters = _TimedCounters(runtime.counters, timings)
+    start = perf_counter()
+    try:
+        body = await authorize(
+            request=request,
+            facts_cache=cast(FactsCache, _Timed(runtime.facts, "facts", timings)),
+            counters=cast(Counters, counters),
+            policy=cast(PolicyEngine, _Timed(runtime.policy, "policy", timings)),
+            ttl_seconds=runtime.settings.reservation_ttl,
+            clock=runtime.clock,
+        )
+    except SpendgateError as exc:
+        metrics.decision_errors.labels("authorize", exc.code).inc()
+        raise
+    elapsed = perf_counter() - start
+    timings["total"] = elapsed
+    metrics.observe_stages("authorize", timings)
+    if counters.replayed:
+        metrics.authorize_replays.inc()
+        return body
+    metrics.count_decision("authorize", body["decision"])
+    if body["reasons"]:
+        metrics.count_reasons(body["reasons"])
+    if _logging(runtime):
+        _emit({
+            "request_id": body["request_id"],
+            "phase": "authorize",
+            "decision": body["decision"],
+            "policy_revision": body.get("policy_revision"),
+            "key_id": body.get("key_id"),
+            "model": body.get("model"),
+            "charges": _charges(body),
+            "reasons": [{"code": r.get("code"), "entity": r.get("entity")} for r in body["reasons"]],
+            "alerts": [a.get("code") for a in body["alerts"]],
+            "estimated_cost": None if request.estimated_cost is None else format_nanos(request.estimated_cost),
+            "latency_ms": round(elapsed * 1000, 3),
+        })
+    return body
+
+
+async def observed_record(*, runtime: Runtime, request: RecordRequest) -> dict[str, Any]:
+    """`record` with stage timings, record/duplicate/conflict counts and a decision-log line."""
+    metrics = runtime.metrics
+    timings: dict[str, float] = {}
+    start = perf_counter()
+    try:
+        body = await record(
+            request=request,
+            facts_cache=cast(FactsCache, _Timed(runtime.facts, "facts", timings)),
+            counters=cast(Counters, _Timed(runtime.counters, "counters", timings)),
+            policy=cast(PolicyEngine, _Timed(runtime.policy, "policy", timings)),
+            ledger_store=cast(LedgerStore, _Timed(runtime.ledgers, "database", timings)),
+            clock=runtime.clock,
+        )
+    except RecordConflict:
+        metrics.record_conflicts.inc()
+        metrics.count_decision("record", "conflict")
+        if _logging(runtime):
+            _emit({
+                "request_id": request.request_id,
+                "phase": "record",
+                "decision": "conflict",
+                "outcome": request.outcome,
+                "cost": format_nanos(request.cost),
+                "reasons": [{"code": "conflict", "entity": None}],
+                "latency_ms": round((perf_counter() - start) * 1000, 3),
+            })
+        raise
+    except SpendgateError as exc:
+        metrics.decision_errors.labels("record", exc.code).inc()
+        raise
+    elapsed = perf_counter() - start
+    timings["total"] = elapsed
+    metrics.observe_stages("record", timings)
+    decision = "duplicate" if body["duplicate"] else "recorded"
+    metrics.count_decision("record", decision)
+    if body["duplicate"]:
+        metrics.record_duplicates.inc()
+    else:
+        metrics.count_record(body["outcome"])
+    if _logging(runtime):
+        _emit({
+            "request_id": body["request_id"],
+            "phase": "record",
+            "decision": decision,
+            "policy_revision": body.get("policy_revision"),
+            "outcome": body["outcome"],
+            "cost": body["cost"],
+            "charges": _charges(body),
+            "reasons": [],
+            "latency_ms": round(elapsed * 1000, 3),
+        })
+    return body

@@ -1,0 +1,239 @@
+"""Ledger identity and the authoritative ledger store (Postgres / SQLite).
+
+A ledger is the spend of one entity in one budget window and period. Its id is derived
+from exactly those four facts, so the authorize and record paths — on any replica — name
+the same ledger for the same charge. Recording a request writes its spend event and the
+ledger increments in one transaction; the spend event's primary key makes it happen once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+
+from sqlalchemy import Table, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .db import SessionFactory, dialect_name, execute_core, wrap_database_errors
+from .periods import EPOCH, Duration, period_at
+from .tables import Ledger, SpendEvent, utcnow
+
+__all__ = [
+    "ENTITY_TYPES",
+    "LedgerRef",
+    "LedgerSnapshot",
+    "LedgerStore",
+    "RecordedSpend",
+    "ledger_for_budget",
+    "charges_json",
+    "charged_refs",
+]
+
+ENTITY_TYPES = ("org", "team", "user", "team_member", "key", "key_model", "end_user", "tag")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRef:
+    """Which ledger: entity, budget window (None: never resets) and the period it covers."""
+
+    entity_type: str
+    entity_id: str
+    window: str | None
+    period_start: datetime
+    period_end: datetime | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.entity_type}:{self.entity_id}:{self.window or '-'}:{int(self.period_start.timestamp())}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "window": self.window,
+            "period_start": self.period_start.isoformat(),
+            "period_end": self.period_end.isoformat() if self.period_end else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LedgerRef:
+        end = data.get("period_end")
+        return cls(
+            entity_type=data["entity_type"],
+            entity_id=data["entity_id"],
+            window=data.get("window"),
+            period_start=datetime.fromisoformat(data["period_start"]),
+            period_end=datetime.fromisoformat(end) if end else None,
+        )
+
+
+def charges_json(ledgers: Sequence[LedgerRef]) -> list[dict[str, Any]]:
+    """How a spend event stores the ledgers it charged (enough to name and report each)."""
+    return [{"ledger_id": ref.id, **ref.to_json()} for ref in ledgers]
+
+
+def charged_refs(event: SpendEvent) -> tuple[LedgerRef, ...]:
+    return tuple(LedgerRef.from_json(item) for item in event.charges)
+
+
+class LedgerSnapshot(NamedTuple):
+    """The authoritative `spent` of a ledger and its version, as committed."""
+
+    ledger_id: str
+    spent: int
+    version: int
+
+
+class BudgetLike(Protocol):
+    @property
+    def duration(self) -> str | None: ...
+    @property
+    def reset(self) -> str: ...
+    @property
+    def set_at(self) -> datetime: ...
+
+
+def ledger_for_budget(
+    *, entity_type: str, entity_id: str, budget: BudgetLike | None, at: datetime
+) -> LedgerRef:
+    """The ledger a budget window charges at instant `at` (no budget: one ledger that never resets)."""
+    if budget is None or budget.duration is None:
+        return LedgerRef(entity_type, entity_id, None, EPOCH, None)
+    period = period_at(
+        duration=Duration.parse(budget.duration),
+        reset="calendar" if budget.reset == "calendar" else "rolling",
+        anchor=budget.set_at,
+        at=at,
+    )
+    return LedgerRef(entity_type, entity_id, budget.duration, period.start, period.end)
+
+
+class RecordedSpend(NamedTuple):
+    """What a record wrote (or found already written, when `duplicate`)."""
+
+    event: SpendEvent
+    duplicate: bool
+    snapshots: tuple[LedgerSnapshot, ...]
+
+
+class LedgerStore:
+    """Reads and writes of the ledger tables. Every write is one transaction."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    async def snapshots(self, ledger_ids: Sequence[str]) -> dict[str, LedgerSnapshot]:
+        """Current `spent`/`version` of the given ledgers; absent ledgers are simply missing."""
+        if not ledger_ids:
+            return {}
+        async with wrap_database_errors(), self._sessions() as session:
+            columns = Ledger.__table__.c  # type: ignore[attr-defined]
+            rows = await execute_core(
+                session, select(columns.ledger_id, columns.spent, columns.version).where(columns.ledger_id.in_(ledger_ids))
+            )
+            return {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in rows.all()}
+
+    async def find_event(self, request_id: str) -> SpendEvent | None:
+        async with wrap_database_errors(), self._sessions() as session:
+            return await session.get(SpendEvent, request_id)
+
+    async def record(self, *, event: SpendEvent, ledgers: Sequence[LedgerRef]) -> RecordedSpend:
+        """Insert the spend event and add its cost to every ledger — once, in one transaction.
+
+        A second call for the same request id writes nothing and returns the first event
+        with `duplicate=True` (the caller compares cost and outcome). The ledger upsert is one
+        statement whose rows come in ledger-id order, so concurrent records lock rows in the
+        same order and never deadlock.
+        """
+        ordered = sorted({ref.id: ref for ref in ledgers}.values(), key=lambda ref: ref.id)
+        async with wrap_database_errors(), self._sessions() as session:
+            async with session.begin():
+                inserted = (
+                    await execute_core(
+                        session,
+                        _insert(session, _EVENTS)
+                        .values(**event.model_dump())
+                        .on_conflict_do_nothing(index_elements=["request_id"])
+                        .returning(_EVENTS.c.request_id),
+                    )
+                ).first()
+                snapshots = await self._add_spend(session, ordered, event.cost) if inserted is not None else ()
+        if inserted is not None:
+            return RecordedSpend(event, False, snapshots)
+        existing = await self.find_event(event.request_id)
+        if existing is None:  # pragma: no cover - the conflicting row cannot vanish: events are never deleted
+            raise RuntimeError(f"spend event {event.request_id!r} conflicted but cannot be read")
+        current = await self.snapshots([ref.id for ref in charged_refs(existing)])
+        return RecordedSpend(existing, True, tuple(current.values()))
+
+    @staticmethod
+    async def _add_spend(session: Any, ordered: Sequence[LedgerRef], cost: int) -> tuple[LedgerSnapshot, ...]:
+        if not ordered:
+            return ()
+        now = utcnow()
+        if dialect_name(session) == "postgresql":
+            # One statement whatever the number of ledgers, with constant SQL text (prepared once):
+            # rows are inserted in ledger-id order, so every record locks rows in the same order.
+            rows = (
+                await execute_core(
+                    session,
+                    _PG_ADD_SPEND,
+                    {
+                        "ids": [ref.id for ref in ordered],
+                        "types": [ref.entity_type for ref in ordered],
+                        "entity_ids": [ref.entity_id for ref in ordered],
+                        "windows": [ref.window for ref in ordered],
+                        "starts": [ref.period_start for ref in ordered],
+                        "ends": [ref.period_end for ref in ordered],
+                        "cost": cost,
+                        "now": now,
+                    },
+                )
+            ).all()
+        else:
+            rows = []
+            for ref in ordered:  # SQLite: one upsert per ledger, in ledger-id order
+                values = sqlite_insert(_LEDGERS).values(
+                    ledger_id=ref.id, entity_type=ref.entity_type, entity_id=ref.entity_id, window=ref.window,
+                    period_start=ref.period_start, period_end=ref.period_end, spent=cost, reserved=0, version=1,
+                    updated_at=now,
+                )
+                statement = values.on_conflict_do_update(
+                    index_elements=["ledger_id"],
+                    set_={
+                        "spent": _LEDGERS.c.spent + values.excluded.spent,
+                        "version": _LEDGERS.c.version + 1,
+                        "updated_at": values.excluded.updated_at,
+                    },
+                ).returning(_LEDGERS.c.ledger_id, _LEDGERS.c.spent, _LEDGERS.c.version)
+                rows.extend((await execute_core(session, statement)).all())
+        found = {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in rows}
+        return tuple(found[ref.id] for ref in ordered)
+
+
+_PG_ADD_SPEND = text(
+    """
+    INSERT INTO ledgers (ledger_id, entity_type, entity_id, "window", period_start, period_end,
+                         spent, reserved, version, updated_at)
+    SELECT l.ledger_id, l.entity_type, l.entity_id, l."window", l.period_start, l.period_end, :cost, 0, 1, :now
+    FROM unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:entity_ids AS text[]),
+                CAST(:windows AS text[]), CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[]))
+         WITH ORDINALITY AS l(ledger_id, entity_type, entity_id, "window", period_start, period_end, position)
+    ORDER BY l.position
+    ON CONFLICT (ledger_id) DO UPDATE SET spent = ledgers.spent + excluded.spent,
+        version = ledgers.version + 1, updated_at = excluded.updated_at
+    RETURNING ledger_id, spent, version
+    """
+)
+
+
+_EVENTS: Table = SpendEvent.__table__  # type: ignore[attr-defined]
+_LEDGERS: Table = Ledger.__table__  # type: ignore[attr-defined]
+
+
+def _insert(session: Any, table: Table) -> Any:
+    """INSERT with ON CONFLICT for the session's dialect (PostgreSQL or SQLite)."""
+    return (pg_insert if dialect_name(session) == "postgresql" else sqlite_insert)(table)

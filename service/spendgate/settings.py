@@ -1,0 +1,155 @@
+"""Service configuration: one pydantic-settings class read from the environment or `.env`.
+
+Only this module reads the environment. Values are validated at start-up so that a bad
+setting stops the service with a message naming the variable, never mid-request.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "DEFAULT_POLICY_DIR"]
+
+#: The policies shipped with the service: `<repo>/policies` next to `service/`.
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+
+
+class Settings(BaseSettings):
+    """Everything API.md "Running it" names, plus a few operational knobs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPENDGATE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./spendgate.db",
+        description="postgresql+asyncpg://… for the ledger; defaults to an embedded SQLite file",
+    )
+    redis_url: str | None = None
+    opa_url: str | None = None
+    policy_dir: Path = DEFAULT_POLICY_DIR
+    admin_token: SecretStr | None = None
+    gateway_token: SecretStr | None = None
+    reservation_ttl: int = Field(default=600, description="seconds")
+    #: How long an admin change may take to reach every replica (facts cache lifetime).
+    facts_cache_seconds: float = 0.5
+    #: How often each replica looks for expired reservations.
+    expiry_interval_seconds: float = 1.0
+    #: Seconds to wait for the OPA server before answering 503 `unavailable`.
+    opa_timeout_seconds: float = 2.0
+    #: While OPA is unreachable, evaluate the same policies in-process instead of refusing with 503.
+    #: Off by default: it trades OPA's decision log (and any OPA-only data) for availability.
+    opa_fail_over: bool = False
+    #: How often the policy directory is checked for changes (0: never — policies load at start only).
+    policy_reload_seconds: float = 1.0
+    #: Budget applied to end users never created through the admin API, e.g. '{"max_budget": "5"}'.
+    default_end_user_budget: str | None = None
+    db_pool_size: int = 10
+    #: How often each replica reconciles the counters with the ledger (0: never; `spendgate reconcile` still works).
+    reconcile_interval_seconds: float = 300.0
+    #: Whether that periodic reconcile repairs the spent and reserved drift it finds (False: only report it).
+    reconcile_fix: bool = True
+    #: GET /metrics: "public" (no token, as Prometheus scrapes), "admin" (the admin token), or "off".
+    metrics_access: Literal["public", "admin", "off"] = "public"
+    #: One JSON line per decision on the logger "spendgate.decisions".
+    decision_log: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            return value
+        if value.startswith(("postgres://", "postgresql://")):
+            scheme, rest = value.split("://", 1)
+            return "postgresql+asyncpg://" + rest
+        raise ValueError(
+            "SPENDGATE_DATABASE_URL must be a postgresql+asyncpg://user@host/db URL "
+            "(or sqlite+aiosqlite:///path.db for a single machine)"
+        )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("SPENDGATE_REDIS_URL must be a redis://host:port/db URL")
+        return value
+
+    @field_validator("opa_url")
+    @classmethod
+    def _known_opa(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("SPENDGATE_OPA_URL must be an http(s):// URL such as http://opa:8181")
+        return value.rstrip("/")
+
+    @field_validator("reservation_ttl")
+    @classmethod
+    def _positive_ttl(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("SPENDGATE_RESERVATION_TTL must be a positive number of seconds")
+        return value
+
+    @field_validator("reconcile_interval_seconds")
+    @classmethod
+    def _non_negative_interval(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("SPENDGATE_RECONCILE_INTERVAL_SECONDS must be 0 (off) or a positive number of seconds")
+        return value
+
+    @field_validator("facts_cache_seconds")
+    @classmethod
+    def _cache_within_contract(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError("SPENDGATE_FACTS_CACHE_SECONDS must be between 0 and 1 (API.md: changes apply within 1 s)")
+        return value
+
+    @field_validator("policy_dir")
+    @classmethod
+    def _policy_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"SPENDGATE_POLICY_DIR {value} is not a directory of .rego policies")
+        return value
+
+    @model_validator(mode="after")
+    def _safe_in_production(self) -> Settings:
+        if self.environment == "production":
+            if self.admin_token is None or self.gateway_token is None:
+                raise ValueError("in production SPENDGATE_ADMIN_TOKEN and SPENDGATE_GATEWAY_TOKEN must be set")
+            if self.database_url.startswith("sqlite"):
+                raise ValueError("in production SPENDGATE_DATABASE_URL must point at PostgreSQL")
+        for name in ("admin_token", "gateway_token"):
+            token = getattr(self, name)
+            if token is not None and len(token.get_secret_value()) < 16:
+                raise ValueError(f"SPENDGATE_{name.upper()} must be at least 16 characters")
+        if self.admin_token is not None and self.admin_token == self.gateway_token:
+            raise ValueError("SPENDGATE_ADMIN_TOKEN and SPENDGATE_GATEWAY_TOKEN must differ")
+        return self
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    def with_generated_tokens(self) -> tuple[Settings, list[str]]:
+        """Fill unset tokens with fresh random ones; returns the names that were generated."""
+        generated = {
+            name: SecretStr("sg-" + secrets.token_urlsafe(24))
+            for name in ("admin_token", "gateway_token")
+            if getattr(self, name) is None
+        }
+        return self.model_copy(update=generated), sorted(generated)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing the environment."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Test support: real PostgreSQL databases and throwaway redis-server processes."""
