@@ -9,7 +9,7 @@ its database or Redis I/O handling included; the wrappers below add it up per co
   facts            FactsCache.load (a cache miss is the key-chain query and the end-user/tag query)
   candidates+input candidate_ledgers + build_input
   policy           EmbeddedEngine.decide (JSON encode, regorus, decode)
-  redis: …         RedisCounters.prior_decision / read / commit_decision / settle
+  redis: …         RedisCounters.prior_decision / read / prior_and_read / commit_decision / settle
   db: …            LedgerStore.find_event / record (the spend event + ledger upserts transaction)
   route other      the rest of authorize()/record() (response bodies, money formatting, …)
   framework        everything inside the ASGI app outside the route function (routing, dependencies,
@@ -85,6 +85,7 @@ def instrument(app: Any) -> Callable[..., Awaitable[None]]:
     runtime.policy.decide = _timed_async("policy", runtime.policy.decide)
     counters = runtime.counters
     for method, name in (("prior_decision", "redis: prior_decision"), ("read", "redis: read"),
+                         ("prior_and_read", "redis: prior_decision + read"),
                          ("commit_decision", "redis: commit (Lua)"), ("settle", "redis: settle (Lua)")):
         setattr(counters, method, _timed_async(name, getattr(counters, method)))
     runtime.ledgers.find_event = _timed_async("db: find_event", runtime.ledgers.find_event)

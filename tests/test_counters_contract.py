@@ -232,6 +232,18 @@ async def test_repeating_an_authorize_returns_the_first_decision_and_reserves_no
     assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 5)}
 
 
+async def test_prior_and_read_gives_the_figures_before_a_decision_and_the_decision_after(harness: Harness) -> None:
+    ledgers = [never_resets("k1"), daily("u1")]
+    await authorize(harness.counters, "earlier", [(ledgers[0], 100)], 7)
+
+    assert await harness.replica.prior_and_read("r1", ledgers) == (
+        None, {ledgers[0].id: Figures(0, 7), ledgers[1].id: Figures(0, 0)}
+    )
+    first = await authorize(harness.counters, "r1", [(ref, 100) for ref in ledgers], 5)
+    prior, _figures = await harness.replica.prior_and_read("r1", ledgers)
+    assert prior == first.stored
+
+
 async def test_a_denial_is_stored_and_returned_as_the_duplicate(harness: Harness) -> None:
     ledger = daily("u1")
     denial = decision("r1", [], 5, verdict="deny")

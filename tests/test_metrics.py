@@ -59,9 +59,10 @@ async def test_metrics_count_an_allow_a_deny_a_duplicate_and_a_conflict(any_app:
     assert value(samples, "spendgate_record_duplicates_total") == 1
     assert value(samples, "spendgate_record_conflicts_total") == 1
     assert value(samples, "spendgate_authorize_replays_total") == 1
-    # Both decisions went through facts and policy, the replay only through the counters; every
-    # record that answered 200 through the database. The histograms saw each call once.
-    for stage, calls in (("facts", 2), ("policy", 2), ("counters", 3), ("total", 3)):
+    # Both decisions went through facts and policy, the replay only through facts (it names the
+    # ledgers read in the same round trip as the prior decision) and the counters; every record
+    # that answered 200 through the database. The histograms saw each call once.
+    for stage, calls in (("facts", 3), ("policy", 2), ("counters", 3), ("total", 3)):
         assert value(samples, "spendgate_stage_seconds_count", phase="authorize", stage=stage) == calls, stage
     assert value(samples, "spendgate_stage_seconds_count", phase="record", stage="database") == 2
     assert value(samples, "spendgate_stage_seconds_count", phase="record", stage="total") == 2

@@ -228,7 +228,9 @@ async def test_fixing_under_live_traffic_never_loses_a_concurrent_records_spend(
         assert rows[ledger_id][0] == total  # the ledger holds every acknowledged record once
         counter = await _hash(pg_app, ledger_id)
         assert (int(counter["spent"]), int(counter["reserved"])) == (total, 0), ledger_id
-        assert int(counter["version"]) == rows[ledger_id][2] == len(costs)
+        # The counter caught up with the ledger's last commit (versions count transactions,
+        # and records that queued together share one).
+        assert int(counter["version"]) == rows[ledger_id][2] and 0 < rows[ledger_id][2] <= len(costs)
     assert (await reconciler.run(fix=False)).drifts == ()
 
 

@@ -71,7 +71,9 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             async with wrap_database_errors():
                 await upgrade(engine)
         sessions = session_factory(engine)
-        ledgers = LedgerStore(sessions)
+        ledgers = LedgerStore(
+            sessions, batch_max=settings.record_batch_max, batch_concurrency=settings.record_batch_concurrency
+        )
         metrics = Metrics()
         counters: Counters
         if settings.redis_url:

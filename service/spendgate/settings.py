@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "DEFAULT_POLICY_DIR"]
@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     #: Budget applied to end users never created through the admin API, e.g. '{"max_budget": "5"}'.
     default_end_user_budget: str | None = None
     db_pool_size: int = 10
+    #: PostgreSQL: most records one ledger transaction may carry (group commit, record_batch.py).
+    record_batch_max: int = 64
+    #: PostgreSQL: ledger transactions of records a replica runs at once.
+    record_batch_concurrency: int = 2
     #: How often each replica reconciles the counters with the ledger (0: never; `spendgate reconcile` still works).
     reconcile_interval_seconds: float = 300.0
     #: Whether that periodic reconcile repairs the spent and reserved drift it finds (False: only report it).
@@ -104,6 +108,13 @@ class Settings(BaseSettings):
     def _non_negative_interval(cls, value: float) -> float:
         if value < 0:
             raise ValueError("SPENDGATE_RECONCILE_INTERVAL_SECONDS must be 0 (off) or a positive number of seconds")
+        return value
+
+    @field_validator("db_pool_size", "record_batch_max", "record_batch_concurrency")
+    @classmethod
+    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
+        if value < 1:
+            raise ValueError(f"SPENDGATE_{str(info.field_name).upper()} must be a whole number of at least 1")
         return value
 
     @field_validator("facts_cache_seconds")

@@ -154,7 +154,8 @@ class Ledger(SQLModel, table=True):
     spent: int = Field(default=0, sa_column=_money())
     #: Held by unrecorded reservations — used by the SQL counters adapter only.
     reserved: int = Field(default=0, sa_column=_money())
-    #: Bumped on every change of `spent`; lets a cache keep only the newest snapshot.
+    #: Bumped by every transaction that changes `spent` (a batch of records bumps it once);
+    #: lets a cache keep only the newest snapshot.
     version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 

@@ -92,11 +92,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def _tail(path: Path, lines: int = 40, *, skip_decisions: bool = False) -> str:
+    """The last lines of a replica's log; with `skip_decisions`, without the decision-log lines
+    (one per request), so warnings, errors and tracebacks are what shows."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        kept = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    if skip_decisions:
+        kept = [line for line in kept if "INFO spendgate.decisions:" not in line]
+    return "\n".join(kept[-lines:])
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -266,7 +271,10 @@ class Cluster:
         return [replica for replica in self.replicas if replica.alive]
 
     def logs(self) -> str:
-        return "\n".join(f"--- replica {r.index} ---\n{_tail(r.log_path)}" for r in self.replicas)
+        return "\n".join(
+            f"--- replica {r.index} (decision log left out) ---\n{_tail(r.log_path, 150, skip_decisions=True)}"
+            for r in self.replicas
+        )
 
     async def stop(self) -> None:
         """Kill everything this cluster started and drop its database; safe to call twice."""

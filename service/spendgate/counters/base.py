@@ -73,6 +73,13 @@ class Counters(Protocol):
         """The decision stored for this request id by an earlier authorize, if any."""
         ...
 
+    async def prior_and_read(
+        self, request_id: str, ledgers: Sequence[LedgerRef]
+    ) -> tuple[StoredDecision | None, dict[str, Figures]]:
+        """`prior_decision` and `read` together (one round trip where the store allows); with
+        a prior decision the figures may be empty — the caller returns that decision."""
+        ...
+
     async def commit_decision(
         self,
         *,

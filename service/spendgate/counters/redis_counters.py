@@ -145,14 +145,32 @@ class RedisCounters:
     # --- the port ---------------------------------------------------------------------
 
     async def read(self, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
+        return (await self._read(None, ledgers))[1]
+
+    async def prior_and_read(
+        self, request_id: str, ledgers: Sequence[LedgerRef]
+    ) -> tuple[StoredDecision | None, dict[str, Figures]]:
+        return await self._read(request_id, ledgers)
+
+    async def _read(
+        self, request_id: str | None, ledgers: Sequence[LedgerRef]
+    ) -> tuple[StoredDecision | None, dict[str, Figures]]:
+        """One pipelined round trip: the prior decision (when asked) and every ledger's figures.
+        Not MULTI/EXEC: the figures are advisory — the commit script re-checks them atomically."""
         refs = list({ref.id: ref for ref in ledgers}.values())
-        if not refs:
-            return {}
+        if not refs and request_id is None:
+            return None, {}
         async with _redis_errors():
-            pipe = self._client.pipeline(transaction=True)
+            pipe = self._client.pipeline(transaction=False)
+            if request_id is not None:
+                pipe.get(self._decision_key(request_id))
             for ref in refs:
                 pipe.hmget(self._ledger_key(ref.id), "spent", "reserved")
             rows = await pipe.execute()
+        if request_id is not None:
+            raw, rows = rows[0], rows[1:]
+            if raw is not None:
+                return _decision_from_json(raw), {}
         figures: dict[str, Figures] = {}
         missing: list[LedgerRef] = []
         for ref, (spent, reserved) in zip(refs, rows):
@@ -162,7 +180,7 @@ class RedisCounters:
                 figures[ref.id] = Figures(int(_text(spent)), int(_text(reserved or b"0")))
         if missing:
             figures.update(await self._rebuild(missing))
-        return figures
+        return None, figures
 
     async def prior_decision(self, request_id: str) -> StoredDecision | None:
         async with _redis_errors():

@@ -102,6 +102,12 @@ class SqlCounters:
             ).first()
         return None if row is None else _stored(request_id, row[0], row[1])
 
+    async def prior_and_read(
+        self, request_id: str, ledgers: Sequence[LedgerRef]
+    ) -> tuple[StoredDecision | None, dict[str, Figures]]:
+        prior = await self.prior_decision(request_id)
+        return (prior, {}) if prior is not None else (None, await self.read(ledgers))
+
     async def commit_decision(
         self,
         *,

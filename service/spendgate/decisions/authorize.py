@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..counters import Counters, Figures, Hold, StoredDecision
-from ..errors import PolicyError
+from ..errors import PolicyError, Unavailable
 from ..facts import FactsCache
 from ..money import format_nanos
 from ..policy import PolicyDecision, PolicyEngine
@@ -88,17 +88,28 @@ async def authorize(
     clock: Callable[[], datetime],
 ) -> dict[str, Any]:
     """The authorize response body (API.md). Idempotent per request id."""
-    prior = await counters.prior_decision(request.request_id)
-    if prior is not None:
-        return prior.body
-    facts = await facts_cache.load(
-        api_key=request.api_key, model=request.model, end_user=request.end_user, tags=request.tags
-    )
+    try:
+        facts = await facts_cache.load(
+            api_key=request.api_key, model=request.model, end_user=request.end_user, tags=request.tags
+        )
+    except Unavailable:
+        # The database is down, but a retry of a request already decided still gets its answer.
+        prior = await counters.prior_decision(request.request_id)
+        if prior is not None:
+            return prior.body
+        raise
     amount = request.estimated_cost or 0
-    for _attempt in range(_MAX_ATTEMPTS):
+    for attempt in range(_MAX_ATTEMPTS):
         now = clock()
         candidates = candidate_ledgers(facts, now)
-        figures = await counters.read([c.ref for c in candidates])
+        refs = [c.ref for c in candidates]
+        if attempt == 0:
+            # Idempotency and the figures in one round trip: a retry returns the first decision.
+            prior, figures = await counters.prior_and_read(request.request_id, refs)
+            if prior is not None:
+                return prior.body
+        else:
+            figures = await counters.read(refs)
         decision = await policy.decide(
             build_input(
                 request_id=request.request_id, phase="authorize", model=request.model,

@@ -79,6 +79,11 @@ class _TimedCounters(_Timed):
         self.replayed = prior is not None
         return prior
 
+    async def prior_and_read(self, request_id: str, ledgers: Any) -> tuple[StoredDecision | None, Any]:
+        found: tuple[StoredDecision | None, Any] = await _Timed.__getattr__(self, "prior_and_read")(request_id, ledgers)
+        self.replayed = found[0] is not None
+        return found
+
     async def commit_decision(self, **kwargs: Any) -> CommitOutcome:
         outcome: CommitOutcome = await _Timed.__getattr__(self, "commit_decision")(**kwargs)
         self.replayed = outcome.status == "duplicate"
