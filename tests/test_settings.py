@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("SPENDGATE_DB_POOL_SIZE", "0", "at least 1"),
         ("SPENDGATE_RECORD_BATCH_MAX", "0", "at least 1"),
         ("SPENDGATE_RECORD_BATCH_CONCURRENCY", "-2", "at least 1"),
+        ("SPENDGATE_MAX_AUTHORIZE_IN_FLIGHT", "-1", "0 (no limit) or a positive whole number"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_it(

@@ -51,6 +51,10 @@ class Metrics:
             "spendgate_deny_reasons", "Reasons given by refused authorizations, by reason code and entity type.",
             ["code", "entity_type"], registry=r,
         )
+        self.authorize_shed = Counter(
+            "spendgate_authorize_shed", "Authorizations refused with 503 at once because the replica already had "
+            "SPENDGATE_MAX_AUTHORIZE_IN_FLIGHT in flight.", registry=r,
+        )
         self.authorize_replays = Counter(
             "spendgate_authorize_replays", "Repeated authorizations answered with the stored first decision.",
             registry=r,

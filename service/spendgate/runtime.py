@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .shedding import InFlightLimit
 from .counters import Counters, RedisCounters, SqlCounters
 from .db import SessionFactory, create_engine, session_factory, wrap_database_errors
 from .facts import FactsCache
@@ -44,6 +45,11 @@ class Runtime:
     clock: Callable[[], datetime] = utcnow
     #: This process's metrics (its own registry: several apps may share a process).
     metrics: Metrics = field(default_factory=Metrics)
+    #: Bounds the authorizes in flight (load shedding); set from the settings after construction.
+    authorize_slots: InFlightLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.authorize_slots = InFlightLimit(self.settings.max_authorize_in_flight, self.metrics.authorize_shed)
 
 
 def _policy_engine(settings: Settings) -> PolicyEngine:

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     #: Budget applied to end users never created through the admin API, e.g. '{"max_budget": "5"}'.
     default_end_user_budget: str | None = None
     db_pool_size: int = 10
+    #: Authorizes one replica works on at once; more are answered 503 at once (0: no limit).
+    max_authorize_in_flight: int = 256
     #: PostgreSQL: most records one ledger transaction may carry (group commit, record_batch.py).
     record_batch_max: int = 64
     #: PostgreSQL: ledger transactions of records a replica runs at once.
@@ -108,6 +110,13 @@ class Settings(BaseSettings):
     def _non_negative_interval(cls, value: float) -> float:
         if value < 0:
             raise ValueError("SPENDGATE_RECONCILE_INTERVAL_SECONDS must be 0 (off) or a positive number of seconds")
+        return value
+
+    @field_validator("max_authorize_in_flight")
+    @classmethod
+    def _non_negative_limit(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("SPENDGATE_MAX_AUTHORIZE_IN_FLIGHT must be 0 (no limit) or a positive whole number")
         return value
 
     @field_validator("db_pool_size", "record_batch_max", "record_batch_concurrency")

@@ -25,7 +25,8 @@ def _json(body: dict[str, Any]) -> Response:
 
 @router.post("/authorize")
 async def authorize_route(body: AuthorizeRequest, runtime: RuntimeDep) -> Response:
-    return _json(await observed_authorize(runtime=runtime, request=body))
+    with runtime.authorize_slots.slot():  # 503 at once when the replica is already saturated
+        return _json(await observed_authorize(runtime=runtime, request=body))
 
 
 @router.post("/record")
