@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -117,6 +118,10 @@ _NAMED_SQL = text(
 ).bindparams(bindparam("tags", expanding=True, type_=String)).columns(blocked=Boolean)
 
 
+#: A hard bound on cached request shapes per replica, whatever the request rate.
+MAX_ENTRIES = 50_000
+
+
 def _window(row: Any) -> BudgetWindow:
     return BudgetWindow(row.b_max, row.b_soft, row.b_duration, row.b_reset, row.b_set_at)
 
@@ -128,7 +133,10 @@ class FactsCache:
     sessions: SessionFactory
     ttl_seconds: float
     settings: Settings
-    _entries: dict[tuple[Any, ...], tuple[float, RequestFacts]] = field(default_factory=dict)
+    #: Seconds from an arbitrary start (tests step it by hand).
+    clock: Callable[[], float] = time.monotonic
+    #: Oldest first: every entry lives `ttl_seconds`, so the expired ones are always at the front.
+    _entries: OrderedDict[tuple[Any, ...], tuple[float, RequestFacts]] = field(default_factory=OrderedDict)
     _default_end_user: tuple[BudgetWindow, ...] = ()
 
     def __post_init__(self) -> None:
@@ -146,15 +154,26 @@ class FactsCache:
         self, *, api_key: str, model: str | None, end_user: str | None, tags: Sequence[str]
     ) -> RequestFacts:
         cache_key = (hash_secret(api_key), model, end_user, tuple(sorted(set(tags))))
-        now = time.monotonic()
+        now = self.clock()
         hit = self._entries.get(cache_key)
         if hit is not None and now - hit[0] < self.ttl_seconds:
             return hit[1]
         facts = await self._query(*cache_key)
-        if len(self._entries) > 50_000:
-            self._entries.clear()
+        self._entries.pop(cache_key, None)  # re-inserted at the back: it is the newest now
         self._entries[cache_key] = (now, facts)
+        self._drop_expired(now)
         return facts
+
+    def _drop_expired(self, now: float) -> None:
+        """Forget entries past their lifetime, so memory follows the request rate of the last
+        `ttl_seconds` rather than every request shape ever seen (with many end users nearly
+        every authorize is a new shape)."""
+        entries = self._entries
+        while entries:
+            loaded_at, _facts = next(iter(entries.values()))
+            if now - loaded_at < self.ttl_seconds and len(entries) <= MAX_ENTRIES:
+                return
+            entries.popitem(last=False)
 
     async def _query(
         self, key_hash: str, model: str | None, end_user: str | None, tags: tuple[str, ...]

@@ -1,0 +1,74 @@
+"""The facts cache: reused within its lifetime, and holding no more than the last lifetime's shapes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from spendgate import facts as facts_module
+from spendgate.db import create_engine, session_factory
+from spendgate.facts import FactsCache
+from spendgate.migrate import upgrade
+from spendgate.settings import Settings
+
+
+class SteppedClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def cache(sqlite_url: str) -> AsyncIterator[tuple[FactsCache, SteppedClock]]:
+    settings = Settings(database_url=sqlite_url)
+    engine = create_engine(settings)
+    await upgrade(engine)
+    clock = SteppedClock()
+    yield FactsCache(session_factory(engine), ttl_seconds=0.5, settings=settings, clock=clock), clock
+    await engine.dispose()
+
+
+async def load(cache: FactsCache, end_user: str) -> object:
+    return await cache.load(api_key="sk-sg-unknown", model="gpt-4o", end_user=end_user, tags=["chat"])
+
+
+async def test_facts_are_reused_within_their_lifetime_and_reloaded_after(
+    cache: tuple[FactsCache, SteppedClock],
+) -> None:
+    facts, clock = cache
+    first = await load(facts, "eu-1")
+    clock.now += 0.4
+    assert await load(facts, "eu-1") is first
+    clock.now += 0.2
+    assert await load(facts, "eu-1") is not first
+
+
+async def test_expired_shapes_are_forgotten_so_memory_follows_the_recent_rate(
+    cache: tuple[FactsCache, SteppedClock],
+) -> None:
+    facts, clock = cache
+    for i in range(100):  # a new end user per request: a new shape each time
+        await load(facts, f"eu-{i}")
+    assert len(facts._entries) == 100
+    clock.now += 0.3
+    for i in range(100, 110):
+        await load(facts, f"eu-{i}")
+    clock.now += 0.3  # the first 100 are now 0.6 s old, the last 10 only 0.3 s
+
+    await load(facts, "eu-new")
+
+    assert {key[2] for key in facts._entries} == {f"eu-{i}" for i in range(100, 110)} | {"eu-new"}
+
+
+async def test_the_cache_never_holds_more_than_its_bound(
+    cache: tuple[FactsCache, SteppedClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    facts, _clock = cache
+    monkeypatch.setattr(facts_module, "MAX_ENTRIES", 10)
+    for i in range(25):  # all within one lifetime
+        await load(facts, f"eu-{i}")
+    assert len(facts._entries) == 10
+    assert {key[2] for key in facts._entries} == {f"eu-{i}" for i in range(15, 25)}
