@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from _common import (
+    ROOT,
     VENV_BIN,
     cpu_seconds,
     fmt_ms,
@@ -100,8 +101,11 @@ class Stack:
             env["SPENDGATE_REDIS_URL"] = self.redis.url
         if self.args.policy == "opa":
             env["SPENDGATE_OPA_URL"] = self.args.opa_url
-        if self.args.server_pythonpath:
-            env["PYTHONPATH"] = self.args.server_pythonpath
+        # This tree's service/ first: in a worktree or copy of the repository sharing the venv (whose
+        # editable install points at another checkout) the replicas must import the code measured here.
+        paths = [*(self.args.server_pythonpath.split(os.pathsep) if self.args.server_pythonpath else []),
+                 str(ROOT / "service")]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         return env
 
     def _start_replica(self, index: int) -> Replica:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every measurement of bench/README.md "Results", in order, printing as it goes (about 9 minutes).
+# Every measurement of bench/README.md "Results", in order, printing as it goes (about 9 minutes, plus
+# ~10 for `growth` — it seeds two databases of 1M spend events — and ~2 for `memory`).
 # Output is also appended to $OUT/results.txt (default /tmp/spendgate-bench), with py-spy profiles there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,12 @@ if [ "${1:-all}" = all ] || [ "$1" = load ]; then
   run $PY bench/decisions.py --replicas 2 --rates 25,50,100,250 --duration 10
   run $PY bench/decisions.py --replicas 1 --closed-loop --concurrency 1,4,16,64 --duration 8
   run $PY bench/decisions.py --replicas 2 --closed-loop --concurrency 1,4,16,64 --duration 8
+fi
+if [ "${1:-all}" = all ] || [ "$1" = growth ]; then
+  run $PY bench/data_growth.py --plans
+fi
+if [ "${1:-all}" = all ] || [ "$1" = memory ]; then
+  run $PY bench/memory.py --replicas 2 --rate 40 --steps 3 --duration 20
 fi
 if [ "${1:-all}" = all ] || [ "$1" = profile ]; then
   run $PY bench/decisions.py --replicas 1 --closed-loop --concurrency 16 --duration 10 --py-spy "$OUT/pyspy"
