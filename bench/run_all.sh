@@ -16,10 +16,10 @@ if [ "${1:-all}" = all ] || [ "$1" = micro ]; then
   run $PY bench/cost_split.py --no-pre-ping
 fi
 if [ "${1:-all}" = all ] || [ "$1" = load ]; then
-  run $PY bench/decisions.py --replicas 1 --rates 25,50,100,250 --duration 10
-  run $PY bench/decisions.py --replicas 2 --rates 25,50,100,250 --duration 10
-  run $PY bench/decisions.py --replicas 1 --closed-loop --concurrency 1,4,16,64 --duration 8
-  run $PY bench/decisions.py --replicas 2 --closed-loop --concurrency 1,4,16,64 --duration 8
+  run $PY bench/decisions.py --replicas 2 --rates 50,100,250,500 --duration 8
+  run $PY bench/decisions.py --replicas 1 --rates 50,100,250 --duration 8
+  run $PY bench/decisions.py --replicas 2 --closed-loop --concurrency 4,16,64 --duration 8
+  run $PY bench/decisions.py --replicas 1 --closed-loop --concurrency 4,16,64 --duration 8
 fi
 if [ "${1:-all}" = all ] || [ "$1" = growth ]; then
   run $PY bench/data_growth.py --plans

@@ -52,8 +52,11 @@ MUTATIONS = [
         (KILL,),
         (
             ("ledgers.py",
-             "                snapshots = await self._add_spend(session, ordered, event.cost) if inserted is not None else ()\n",
-             "                snapshots = await self._add_spend(session, ordered, event.cost)  # MUTATION: always charge\n"),
+             "                if item.event.request_id in inserted:\n",
+             "                if True:  # MUTATION: charge every record, duplicates included\n"),
+            ("ledgers.py",
+             "            if item.event.request_id in inserted else None\n",
+             "            if True else None  # MUTATION\n"),
         ),
     ),
     Mutation(
@@ -117,12 +120,12 @@ MUTATIONS = [
         (DOWN,),
         (
             ("decisions/authorize.py",
-             "    prior = await counters.prior_decision(request.request_id)\n",
-             "    try:  # MUTATION: fail open\n"
-             "        prior = await counters.prior_decision(request.request_id)\n"
-             "    except __import__('spendgate.errors').errors.Unavailable:\n"
-             "        return {'request_id': request.request_id, 'decision': 'allow', 'reasons': [], 'charges': [],\n"
-             "                'alerts': [], 'reservation': None}\n"),
+             "            prior, figures = await counters.prior_and_read(request.request_id, refs)\n",
+             "            try:  # MUTATION: fail open\n"
+             "                prior, figures = await counters.prior_and_read(request.request_id, refs)\n"
+             "            except __import__('spendgate.errors').errors.Unavailable:\n"
+             "                return {'request_id': request.request_id, 'decision': 'allow', 'reasons': [], 'charges': [],\n"
+             "                        'alerts': [], 'reservation': None}\n"),
         ),
     ),
     Mutation(
@@ -139,9 +142,9 @@ MUTATIONS = [
         (PGTERM,),
         (
             ("ledgers.py",
-             "                snapshots = await self._add_spend(session, ordered, event.cost) if inserted is not None else ()\n",
-             "            async with session.begin():  # MUTATION: a second transaction\n"
-             "                snapshots = await self._add_spend(session, ordered, event.cost) if inserted is not None else ()\n"),
+             "            inserted = {row[0] for row in rows}\n",
+             "            inserted = {row[0] for row in rows}\n"
+             "            await connection.execute('COMMIT; BEGIN')  # MUTATION: a second transaction\n"),
         ),
     ),
     Mutation(
@@ -154,6 +157,9 @@ MUTATIONS = [
             ("db.py",
              '            raise Unavailable("database", "connection lost") from exc\n',
              "            raise  # MUTATION\n"),
+            ("pg_direct.py",
+             '                raise Unavailable("database", type(exc).__name__) from exc\n',
+             "                raise  # MUTATION\n"),
         ),
     ),
     Mutation(
@@ -179,8 +185,8 @@ MUTATIONS = [
         ALL,
         (
             ("decisions/authorize.py",
-             "    if prior is not None:\n        return prior.body\n",
-             "    # MUTATION: no idempotency\n"),
+             "            if prior is not None:\n                return prior.body\n",
+             "            pass  # MUTATION: no idempotency\n"),
             ("counters/lua/commit.lua",
              "if stored then\n  return {'duplicate', stored}\nend\n",
              "-- MUTATION: no idempotency\n"),
