@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     default_end_user_budget: str | None = None
     db_pool_size: int = 10
     #: Authorizes one replica works on at once; more are answered 503 at once (0: no limit).
-    max_authorize_in_flight: int = 256
+    max_authorize_in_flight: int = 64
     #: PostgreSQL: most records one ledger transaction may carry (group commit, record_batch.py).
     record_batch_max: int = 64
     #: PostgreSQL: ledger transactions of records a replica runs at once.
