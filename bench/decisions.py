@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from _rawhttp import RawClient, RawHTTPError
 from _common import (
     ROOT,
     VENV_BIN,
@@ -214,6 +215,8 @@ class Workload:
     timeout: float
     affinity: bool
     seed: int
+    #: "raw" (bench/_rawhttp.py, lean) or "httpx" (what earlier results used).
+    client: str = "raw"
 
 
 class _Step:
@@ -241,12 +244,24 @@ class _Driver:
         self.work = work
         self.run_id = run_id
         self.rng = random.Random(work.seed)
-        limits = httpx.Limits(max_connections=work.connections, max_keepalive_connections=work.connections)
         headers = {"authorization": f"Bearer {GATEWAY_TOKEN}", "content-type": "application/json"}
-        self.clients = [
-            httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=work.timeout, http2=False)
-            for url in work.urls
-        ]
+        self.clients: list[Any]
+        if work.client == "httpx":
+            limits = httpx.Limits(max_connections=work.connections, max_keepalive_connections=work.connections)
+            self.clients = [
+                httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=work.timeout, http2=False)
+                for url in work.urls
+            ]
+        else:
+            self.clients = [
+                RawClient(url, headers, max_connections=work.connections, timeout=work.timeout) for url in work.urls
+            ]
+
+    async def _post(self, client: Any, path: str, body: bytes) -> tuple[int, bytes]:
+        if isinstance(client, RawClient):
+            return await client.post(path, body)
+        response = await client.post(path, content=body)
+        return response.status_code, response.content
 
     async def close(self) -> None:
         for client in self.clients:
@@ -276,29 +291,29 @@ class _Driver:
         second = first if self.work.affinity else self.clients[(index + 1) % replicas]
         authorize_body, record_body = self.bodies(f"{self.run_id}-{tag}-{index}")
         try:
-            response = await first.post("/v1/authorize", content=authorize_body)
-        except httpx.HTTPError as exc:
+            status, answer = await self._post(first, "/v1/authorize", authorize_body)
+        except (httpx.HTTPError, RawHTTPError) as exc:
             step.authorize.append(time.monotonic() - sched)
-            step.errors[f"authorize {type(exc).__name__}"] += 1
+            step.errors[f"authorize {exc.args[0] if isinstance(exc, RawHTTPError) else type(exc).__name__}"] += 1
             return
         answered = time.monotonic()
         step.authorize.append(answered - sched)
-        if response.status_code != 200:
-            step.errors[f"authorize {response.status_code}"] += 1
+        if status != 200:
+            step.errors[f"authorize {status}"] += 1
             return
-        if response.json().get("decision") != "allow":
+        if b'"decision":"allow"' not in answer and json.loads(answer).get("decision") != "allow":
             step.denies += 1
             return
         try:
-            response = await second.post("/v1/record", content=record_body)
-        except httpx.HTTPError as exc:
+            status, answer = await self._post(second, "/v1/record", record_body)
+        except (httpx.HTTPError, RawHTTPError) as exc:
             step.record.append(time.monotonic() - answered)
-            step.errors[f"record {type(exc).__name__}"] += 1
+            step.errors[f"record {exc.args[0] if isinstance(exc, RawHTTPError) else type(exc).__name__}"] += 1
             return
         done = time.monotonic()
         step.record.append(done - answered)
-        if response.status_code != 200:
-            step.errors[f"record {response.status_code}"] += 1
+        if status != 200:
+            step.errors[f"record {status}"] += 1
             return
         step.pairs += 1
         step.last_done = max(step.last_done, done)
@@ -364,7 +379,12 @@ def _loadgen_main(conn: Any, work: Workload, run_id: str) -> None:
         finally:
             await driver.close()
 
-    asyncio.run(serve())
+    try:
+        import uvloop  # the service's own dependency; a cheaper event loop for the generator too
+
+        uvloop.run(serve())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(serve())
 
 
 # --- running steps and printing -------------------------------------------------------------------
@@ -615,6 +635,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--end-users", type=int, default=500, help="pool of end users named in requests (0: none)")
     parser.add_argument("--tags", type=int, default=8, help="pool of tags; each request names 0–2 (0: none)")
     parser.add_argument("--loadgen-procs", type=int, default=1, help="load-generator processes sharing the timetable")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="load generator's HTTP client: raw (lean, bench/_rawhttp.py) or httpx (as before)")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections per replica per process")
     parser.add_argument("--timeout", type=float, default=10, help="per-request timeout, seconds")
     parser.add_argument("--warmup", type=float, default=2, help="closed-loop warm-up seconds before measuring")
@@ -650,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.monotonic() - started:.1f} s", file=sys.stderr)
         run_id = uuid.uuid4().hex[:8]
         work = Workload([r.url for r in stack.replicas], secrets, args.end_users, args.tags, args.connections,
-                        args.timeout, args.affinity, args.seed)
+                        args.timeout, args.affinity, args.seed, args.client)
         loadgen = LoadGen.start(work, args.loadgen_procs, run_id)
         meter = CpuMeter(stack, loadgen)
         activity = PgActivity(str(stack.database_url))
@@ -677,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         print(machine_summary())
         print(f"replicas={args.replicas} counters={args.counters} policy={args.policy} keys={args.keys} "
               f"end_users={args.end_users} tags={args.tags} loadgen_procs={procs} "
-              f"connections/replica/proc={args.connections} duration={args.duration:g}s")
+              f"connections/replica/proc={args.connections} client={args.client} duration={args.duration:g}s")
         print("latencies in ms; open loop: authorize from its scheduled send time, record from authorize's answer")
         print(HEADER, flush=True)
         for offered, messages, count in steps:
