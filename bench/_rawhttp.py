@@ -42,23 +42,35 @@ class RawClient:
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         request = f"POST {path} HTTP/1.1\r\n{self._head}content-length: {len(body)}\r\n\r\n".encode() + body
         async with self._slots:
-            connection = self._idle.pop() if self._idle else None
-            try:
-                if connection is None:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(self._host, self._port), self._timeout
-                    )
-                    connection = _Connection(reader, writer)
-                status, answer, keep = await asyncio.wait_for(self._exchange(connection, request), self._timeout)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-                if connection is not None:
+            # A kept-alive connection the server has since closed (uvicorn drops idle ones after
+            # 5 s) fails at once with nothing read: retry that once on a new connection, as
+            # httpx does. The decision routes are idempotent per request_id, so a retry is safe.
+            reused = bool(self._idle)
+            for attempt in (1, 2):
+                connection = self._idle.pop() if self._idle and attempt == 1 else None
+                try:
+                    if connection is None:
+                        reader, writer = await asyncio.wait_for(
+                            asyncio.open_connection(self._host, self._port), self._timeout
+                        )
+                        connection = _Connection(reader, writer)
+                    status, answer, keep = await asyncio.wait_for(self._exchange(connection, request), self._timeout)
+                except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+                    if connection is not None:
+                        connection.writer.close()
+                    if reused and attempt == 1 and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
+                        continue
+                    raise RawHTTPError(type(exc).__name__) from exc
+                except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                    if connection is not None:
+                        connection.writer.close()
+                    raise RawHTTPError(type(exc).__name__) from exc
+                if keep:
+                    self._idle.append(connection)
+                else:
                     connection.writer.close()
-                raise RawHTTPError(type(exc).__name__) from exc
-            if keep:
-                self._idle.append(connection)
-            else:
-                connection.writer.close()
-            return status, answer
+                return status, answer
+            raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     async def _exchange(connection: _Connection, request: bytes) -> tuple[int, bytes, bool]:
