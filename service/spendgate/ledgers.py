@@ -17,10 +17,9 @@ from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .db import SessionFactory, dialect_name, execute_core, wrap_database_errors
+from .db import SessionFactory, execute_core, wrap_database_errors
 from .pg_direct import direct_transaction
 from .periods import EPOCH, Duration, period_at
 from .record_batch import BatchItem, RecordBatcher
@@ -164,18 +163,18 @@ class LedgerStore:
         same order and never deadlock. On PostgreSQL the write shares a transaction with the
         records that queued beside it (`record_batch.py`); it still returns only once committed.
         """
+        ordered = tuple(sorted({ref.id: ref for ref in ledgers}.values(), key=lambda ref: ref.id))
         if self._batcher is not None:
-            written = await self._batcher.submit(event, ledgers)
+            written = await self._batcher.submit(event, ordered)
             if written is not None:
                 return RecordedSpend(event, False, written)
         else:
-            ordered = sorted({ref.id: ref for ref in ledgers}.values(), key=lambda ref: ref.id)
             async with wrap_database_errors(), self._sessions() as session:
                 async with session.begin():
                     inserted = (
                         await execute_core(
                             session,
-                            _insert(session, _EVENTS)
+                            sqlite_insert(_EVENTS)
                             .values(**event.model_dump())
                             .on_conflict_do_nothing(index_elements=["request_id"])
                             .returning(_EVENTS.c.request_id),
@@ -199,14 +198,9 @@ class LedgerStore:
         async with direct_transaction(self._engine) as connection:
             rows = await connection.fetch(
                 _PG_INSERT_EVENTS,
-                [event.request_id for event in events],
-                [event.cost for event in events],
-                [event.outcome for event in events],
-                [event.key_id for event in events],
-                [event.model for event in events],
+                *_columns(events, "request_id", "cost", "outcome", "key_id", "model"),
                 [json.dumps(event.charges) for event in events],
-                [event.policy_revision for event in events],
-                [event.created_at for event in events],
+                *_columns(events, "policy_revision", "created_at"),
             )
             inserted = {row[0] for row in rows}
             deltas: dict[str, int] = defaultdict(int)
@@ -219,12 +213,7 @@ class LedgerStore:
             ordered = sorted(refs.values(), key=lambda ref: ref.id)
             updated = await connection.fetch(
                 _PG_ADD_SPEND,
-                [ref.id for ref in ordered],
-                [ref.entity_type for ref in ordered],
-                [ref.entity_id for ref in ordered],
-                [ref.window for ref in ordered],
-                [ref.period_start for ref in ordered],
-                [ref.period_end for ref in ordered],
+                *_columns(ordered, "id", "entity_type", "entity_id", "window", "period_start", "period_end"),
                 [deltas[ref.id] for ref in ordered],
                 utcnow(),
             ) if ordered else []
@@ -291,6 +280,6 @@ _EVENTS: Table = SpendEvent.__table__  # type: ignore[attr-defined]
 _LEDGERS: Table = Ledger.__table__  # type: ignore[attr-defined]
 
 
-def _insert(session: Any, table: Table) -> Any:
-    """INSERT with ON CONFLICT for the session's dialect (PostgreSQL or SQLite)."""
-    return (pg_insert if dialect_name(session) == "postgresql" else sqlite_insert)(table)
+def _columns(rows: Sequence[Any], *names: str) -> list[list[Any]]:
+    """One list per attribute: the unnest(...) parameters of a batch statement."""
+    return [[getattr(row, name) for row in rows] for name in names]

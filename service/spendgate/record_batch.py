@@ -64,9 +64,10 @@ class RecordBatcher:
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, event: SpendEvent, ledgers: Sequence[LedgerRef]) -> tuple[LedgerSnapshot, ...] | None:
-        """Write one record with the next batch; None when its request id was already recorded."""
-        item = BatchItem(event, tuple(sorted({ref.id: ref for ref in ledgers}.values(), key=lambda ref: ref.id)))
+    async def submit(self, event: SpendEvent, ledgers: tuple[LedgerRef, ...]) -> tuple[LedgerSnapshot, ...] | None:
+        """Write one record with the next batch (`ledgers` unique, in id order); None when its
+        request id was already recorded."""
+        item = BatchItem(event, ledgers)
         self._queue.append(item)
         if self._running < self._concurrency:
             self._running += 1
