@@ -7,28 +7,36 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .shedding import InFlightLimit
 from .counters import Counters, RedisCounters, SqlCounters
-from .db import SessionFactory, create_engine, session_factory, wrap_database_errors
+from .db import SessionFactory, create_engine, database_errors, session_factory
+from .errors import Unavailable
 from .facts import FactsCache
 from .ledgers import LedgerStore
 from .metrics import Metrics
 from .migrate import upgrade
-from .policy import PolicyEngine, load_policy_set
+from .policy import PolicyEngine, PolicySet, load_policy_set
 from .policy.embedded import EmbeddedEngine
+from .policy.gate import policy_gate
 from .settings import Settings
 from .tables import utcnow
 
-__all__ = ["Runtime", "open_runtime"]
+__all__ = ["Runtime", "open_runtime", "reaching_database", "redacted"]
 
 log = logging.getLogger("spendgate")
+
+#: SQLSTATE classes meaning "no usable connection": connection exception (08), authorization (28),
+#: no such database (3D), server starting or shutting down (57P).
+_NO_CONNECTION_SQLSTATES = ("08", "28", "3D", "57P")
 
 
 @dataclass
@@ -52,29 +60,74 @@ class Runtime:
         self.authorize_slots = InFlightLimit(self.settings.max_authorize_in_flight, self.metrics.authorize_shed)
 
 
-def _policy_engine(settings: Settings) -> PolicyEngine:
+def _policy_engine(settings: Settings, policies: PolicySet) -> PolicyEngine:
     if settings.opa_url:
         from .policy.opa import OpaEngine  # imported lazily: only OPA deployments need it
 
         return OpaEngine(
             settings.opa_url,
-            load_policy_set(settings.policy_dir),
+            policies,
             timeout_seconds=settings.opa_timeout_seconds,
             fail_open=settings.opa_fail_over,
         )
-    return EmbeddedEngine(load_policy_set(settings.policy_dir))
+    return EmbeddedEngine(policies)
+
+
+def redacted(url: str) -> str:
+    """`url` with its password, if any, shown as `***` (fit for a message or a log line)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}").geturl()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+@asynccontextmanager
+async def reaching_database(settings: Settings) -> AsyncIterator[None]:
+    """Start-up: a database that is missing, refuses the connection or the login is `Unavailable`
+    naming it (password hidden) and the driver's reason, instead of the driver's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        orig = exc.orig if isinstance(exc, DBAPIError) else None
+        if not isinstance(exc, database_errors) and not str(getattr(orig, "sqlstate", "")).startswith(
+            _NO_CONNECTION_SQLSTATES
+        ):
+            raise  # the database answered: an SQL error in a migration is a bug, not an outage
+        raise Unavailable(
+            "database",
+            f"{redacted(settings.database_url)}: {_first_line(orig or exc)}; check SPENDGATE_DATABASE_URL",
+        ) from exc
+
+
+@asynccontextmanager
+async def _reaching_redis(url: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (Unavailable, ValueError) as exc:  # ValueError: a URL redis-py cannot parse
+        raise Unavailable(
+            "redis", f"{redacted(url)}: {_first_line(exc.__cause__ or exc)}; check SPENDGATE_REDIS_URL"
+        ) from exc
 
 
 @asynccontextmanager
 async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Runtime]:
     """Connect everything (migrating the schema first); close it all on the way out."""
-    policy = _policy_engine(settings)  # a broken policy stops start-up before anything connects
+    policies = load_policy_set(settings.policy_dir)
+    # A broken policy (or, with SPENDGATE_POLICY_GATE=test, a failing policy test) stops start-up
+    # before anything connects.
+    await policy_gate(settings.policy_gate).check(policies)
+    policy = _policy_engine(settings, policies)
     engine = create_engine(settings)
     redis_client: aioredis.Redis | None = None
     try:
         await policy.start()  # OPA: push the policies now, so one OPA refuses stops start-up too
         if migrate:
-            async with wrap_database_errors():
+            async with reaching_database(settings):
                 await upgrade(engine)
         sessions = session_factory(engine)
         ledgers = LedgerStore(
@@ -83,14 +136,16 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         metrics = Metrics()
         counters: Counters
         if settings.redis_url:
-            redis_client = aioredis.from_url(
-                settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10,
-                # Pooled connections die with a restarted Redis; without a retry each one fails its
-                # next command (a skipped counter update after a record). One immediate retry on a
-                # fresh connection is safe: every script is idempotent per request id / version.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
-            counters = RedisCounters(redis_client, ledgers.snapshots, on_rebuild=metrics.counter_rebuilds.inc)
+            async with _reaching_redis(settings.redis_url):
+                redis_client = aioredis.from_url(
+                    settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10,
+                    # Pooled connections die with a restarted Redis; without a retry each one fails its
+                    # next command (a skipped counter update after a record). One immediate retry on a
+                    # fresh connection is safe: every script is idempotent per request id / version.
+                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                )
+                counters = RedisCounters(redis_client, ledgers.snapshots, on_rebuild=metrics.counter_rebuilds.inc)
+                await counters.ping()  # a Redis that cannot be reached stops start-up, as the database does
         else:
             counters = SqlCounters(sessions)
         facts = FactsCache(sessions, ttl_seconds=settings.facts_cache_seconds, settings=settings)
