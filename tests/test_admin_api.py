@@ -430,7 +430,7 @@ async def test_a_bad_id_is_refused(pg_app: RunningApp, kind: str, bad_id: Any, s
 )
 async def test_an_unknown_field_is_refused(pg_app: RunningApp, path: str, body: dict[str, Any], field: str) -> None:
     message = _error(await pg_app.admin.post(f"{A}/{path}", json=body), 422, "invalid_request")
-    assert message == f"{field}: is not a known field (check its spelling in API.md)"
+    assert message == f"{field}: is not a known field (check its spelling in docs/api.md)"
 
 
 async def test_an_update_refuses_unknown_fields_and_nulls_for_required_fields(pg_app: RunningApp) -> None:
@@ -452,7 +452,7 @@ async def test_an_update_refuses_unknown_fields_and_nulls_for_required_fields(pg
 
 async def test_a_body_that_is_not_json_is_refused(pg_app: RunningApp) -> None:
     response = await pg_app.admin.post(f"{A}/orgs", content=b"{not json", headers={"content-type": "application/json"})
-    assert _error(response, 422, "invalid_request") == "body: is not valid JSON"
+    assert _error(response, 422, "invalid_request").startswith("body: is not valid JSON")
 
 
 async def test_a_name_is_required_for_orgs_and_teams(sqlite_app: RunningApp) -> None:

@@ -4,10 +4,13 @@
     ├── Unauthorized                 401 unauthorized
     ├── InvalidRequest               422 invalid_request   (names the field)
     ├── NotFound                     404 not_found
+    ├── MethodNotAllowed             405 method_not_allowed (the route exists, not with this method)
     ├── Conflict                     409 conflict
     │   └── RecordConflict           409 conflict          (same request_id, other cost/outcome)
+    ├── PayloadTooLarge              413 payload_too_large (a body over SPENDGATE_MAX_BODY_BYTES)
     ├── Unavailable                  503 unavailable       (names the dependency)
     └── PolicyError                  500 policy_error      (a policy that fails to load or evaluate)
+        └── PolicyTestsFailed        500 policy_error      (SPENDGATE_POLICY_GATE=test refused a set)
 
 Exceptions take structured arguments and format their own message; third-party errors are
 wrapped where they cross into Spendgate (`raise Unavailable("redis") from exc`).
@@ -22,10 +25,13 @@ __all__ = [
     "Unauthorized",
     "InvalidRequest",
     "NotFound",
+    "MethodNotAllowed",
     "Conflict",
     "RecordConflict",
+    "PayloadTooLarge",
     "Unavailable",
     "PolicyError",
+    "PolicyTestsFailed",
     "error_body",
 ]
 
@@ -74,6 +80,16 @@ class NotFound(SpendgateError):
         self.id = id
 
 
+class MethodNotAllowed(SpendgateError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, *, method: str, path: str) -> None:
+        super().__init__(
+            f"{path} does not take {method}; see docs/api.md (or GET /docs) for the methods each route accepts"
+        )
+
+
 class Conflict(SpendgateError):
     status = 409
     code = "conflict"
@@ -85,6 +101,18 @@ class RecordConflict(Conflict):
             f"request {request_id!r} was already recorded as {recorded}; this record says {attempted}. "
             "Use a new request_id for a new request."
         )
+
+
+class PayloadTooLarge(SpendgateError):
+    status = 413
+    code = "payload_too_large"
+
+    def __init__(self, *, limit: int) -> None:
+        super().__init__(
+            f"the request body is larger than {limit} bytes; send a smaller body "
+            "(the limit is set by SPENDGATE_MAX_BODY_BYTES)"
+        )
+        self.limit = limit
 
 
 class Unavailable(SpendgateError):
@@ -101,6 +129,21 @@ class Unavailable(SpendgateError):
 class PolicyError(SpendgateError):
     status = 500
     code = "policy_error"
+
+
+class PolicyTestsFailed(PolicyError):
+    """The policy tests beside a policy set fail, so the set may not go live (SPENDGATE_POLICY_GATE=test)."""
+
+    def __init__(self, *, revision: str, failing: tuple[str, ...], problem: str = "") -> None:
+        what = problem or (
+            f"{len(failing)} policy test(s) fail: {', '.join(failing[:5])}" + (" …" if len(failing) > 5 else "")
+        )
+        super().__init__(
+            f"policies {revision} refused by SPENDGATE_POLICY_GATE=test: {what}; "
+            "run `spendgate policy test -v` to see why"
+        )
+        self.revision = revision
+        self.failing = failing
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ NANOS_PER_USD = 1_000_000_000
 #: Largest amount accepted (USD 1e9 = 1e18 nanos): sums of such amounts stay inside the signed
 #: 64-bit columns and Redis integers (2^63 - 1 ≈ 9.2e18 nanos) for any realistic ledger.
 MAX_NANOS = 10**9 * NANOS_PER_USD
+_MAX_USD = Decimal(MAX_NANOS) / NANOS_PER_USD
 _NANO = Decimal("1e-9")
 
 
@@ -41,12 +42,15 @@ def to_nanos(value: Any) -> int:
         raise ValueError("must be a finite amount")
     if amount < 0:
         raise ValueError("must not be negative")
-    nanos = amount * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
-        raise ValueError(f"{value} has more than 9 decimal places; the ledger counts in units of 1e-9 USD")
-    if nanos > MAX_NANOS:
+    # Checked on the digits, before any arithmetic: scaling "1e999999" would overflow the decimal
+    # context, and one with over 28 digits ("0.1000000000000000000000000001") would be rounded.
+    if amount > _MAX_USD:
         raise ValueError("is larger than the largest amount Spendgate accepts (1,000,000,000 USD)")
-    return int(nanos)
+    digits, exponent = amount.as_tuple()[1:]
+    if isinstance(exponent, int) and exponent < -9 and any(digits[exponent + 9:]):
+        shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:40]}…"
+        raise ValueError(f"{shown} has more than 9 decimal places; the ledger counts in units of 1e-9 USD")
+    return int(amount.scaleb(9))
 
 
 def format_nanos(nanos: int) -> str:

@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from .. import __version__
 from ..errors import SpendgateError
-from ..policy.reload import PolicyReloader
+from ..policy.reload import policy_reloader
 from ..reconcile.periodic import reconcile_periodically
 from ..runtime import Runtime, open_runtime
 from ..settings import Settings, get_settings
 from . import routes_admin, routes_decisions, routes_health, routes_metrics
+from .body_limit import BodyLimit
 from .errors import install_error_handlers
 
 __all__ = ["create_app"]
@@ -51,9 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tasks = [asyncio.create_task(_expire_reservations(runtime), name="spendgate-expiry")]
             if settings.reconcile_interval_seconds > 0:
                 tasks.append(asyncio.create_task(reconcile_periodically(runtime), name="spendgate-reconcile"))
+            reloader = policy_reloader(runtime.policy, settings, runtime.metrics)
+            app.state.policy_reloader = reloader  # also without polling: /readyz reports its state
             if settings.policy_reload_seconds > 0:
-                reloader = PolicyReloader(runtime.policy, settings.policy_dir, interval_seconds=settings.policy_reload_seconds)
-                app.state.policy_reloader = reloader
                 tasks.append(asyncio.create_task(reloader.run(), name="spendgate-policy-reload"))
             try:
                 yield
@@ -64,8 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    app = FastAPI(title="Spendgate", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Spendgate", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(routes_health.router)
     app.include_router(routes_decisions.router)
     app.include_router(routes_admin.router)

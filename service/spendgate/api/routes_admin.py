@@ -40,35 +40,47 @@ from ..admin.schemas import (
 )
 from .auth import require_admin
 from .deps import RuntimeDep, SessionDep
+from .json_body import JsonRoute
+from .responses import error_responses
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    route_class=JsonRoute,
+    responses=error_responses(401, 422, 503),
+)
 
 _CREATED = status.HTTP_201_CREATED
 _DELETED = status.HTTP_204_NO_CONTENT
+#: Error answers beyond the router's 401/422/503: a create may name a missing entity or a taken id.
+_CREATE_ERRORS = error_responses(404, 409, 413)
+_READ_ERRORS = error_responses(404)
+_UPDATE_ERRORS = error_responses(404, 413)
 
 # --- orgs ---------------------------------------------------------------------------------
 
 
-@router.post("/orgs", status_code=_CREATED, response_model=OrgPublic)
+@router.post("/orgs", status_code=_CREATED, response_model=OrgPublic, responses=_CREATE_ERRORS)
 async def create_org(body: OrgCreate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await create_entity(session=session, counters=runtime.counters, facts=runtime.facts, kind=ORG, body=body)
 
 
-@router.get("/orgs/{org_id}", response_model=OrgPublic)
+@router.get("/orgs/{org_id}", response_model=OrgPublic, responses=_READ_ERRORS)
 async def get_org(org_id: str, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await read_entity(session=session, counters=runtime.counters, kind=ORG, entity_id=org_id)
 
 
-@router.patch("/orgs/{org_id}", response_model=OrgPublic)
+@router.patch("/orgs/{org_id}", response_model=OrgPublic, responses=_UPDATE_ERRORS)
 async def patch_org(org_id: str, body: OrgUpdate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await update_entity(
         session=session, counters=runtime.counters, facts=runtime.facts, kind=ORG, entity_id=org_id, body=body
     )
 
 
-@router.delete("/orgs/{org_id}", status_code=_DELETED)
+@router.delete("/orgs/{org_id}", status_code=_DELETED, responses=_READ_ERRORS)
 async def delete_org(org_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=ORG, entity_id=org_id)
 
@@ -76,24 +88,24 @@ async def delete_org(org_id: str, session: SessionDep, runtime: RuntimeDep) -> N
 # --- teams --------------------------------------------------------------------------------
 
 
-@router.post("/teams", status_code=_CREATED, response_model=TeamPublic)
+@router.post("/teams", status_code=_CREATED, response_model=TeamPublic, responses=_CREATE_ERRORS)
 async def create_team(body: TeamCreate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await create_entity(session=session, counters=runtime.counters, facts=runtime.facts, kind=TEAM, body=body)
 
 
-@router.get("/teams/{team_id}", response_model=TeamPublic)
+@router.get("/teams/{team_id}", response_model=TeamPublic, responses=_READ_ERRORS)
 async def get_team(team_id: str, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await read_entity(session=session, counters=runtime.counters, kind=TEAM, entity_id=team_id)
 
 
-@router.patch("/teams/{team_id}", response_model=TeamPublic)
+@router.patch("/teams/{team_id}", response_model=TeamPublic, responses=_UPDATE_ERRORS)
 async def patch_team(team_id: str, body: TeamUpdate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await update_entity(
         session=session, counters=runtime.counters, facts=runtime.facts, kind=TEAM, entity_id=team_id, body=body
     )
 
 
-@router.delete("/teams/{team_id}", status_code=_DELETED)
+@router.delete("/teams/{team_id}", status_code=_DELETED, responses=_READ_ERRORS)
 async def delete_team(team_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=TEAM, entity_id=team_id)
 
@@ -101,19 +113,19 @@ async def delete_team(team_id: str, session: SessionDep, runtime: RuntimeDep) ->
 # --- team memberships ---------------------------------------------------------------------
 
 
-@router.post("/teams/{team_id}/members", status_code=_CREATED)
+@router.post("/teams/{team_id}/members", status_code=_CREATED, responses=_CREATE_ERRORS)
 async def create_membership(
     team_id: str, body: MembershipCreate, session: SessionDep, runtime: RuntimeDep
 ) -> MembershipPublic:
     return await add_member(session=session, counters=runtime.counters, facts=runtime.facts, team_id=team_id, body=body)
 
 
-@router.get("/teams/{team_id}/members/{user_id}")
+@router.get("/teams/{team_id}/members/{user_id}", responses=_READ_ERRORS)
 async def get_membership(team_id: str, user_id: str, session: SessionDep, runtime: RuntimeDep) -> MembershipPublic:
     return await read_member(session=session, counters=runtime.counters, team_id=team_id, user_id=user_id)
 
 
-@router.patch("/teams/{team_id}/members/{user_id}")
+@router.patch("/teams/{team_id}/members/{user_id}", responses=_UPDATE_ERRORS)
 async def patch_membership(
     team_id: str, user_id: str, body: MembershipUpdate, session: SessionDep, runtime: RuntimeDep
 ) -> MembershipPublic:
@@ -122,7 +134,7 @@ async def patch_membership(
     )
 
 
-@router.delete("/teams/{team_id}/members/{user_id}", status_code=_DELETED)
+@router.delete("/teams/{team_id}/members/{user_id}", status_code=_DELETED, responses=_READ_ERRORS)
 async def delete_membership(team_id: str, user_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await remove_member(session=session, facts=runtime.facts, team_id=team_id, user_id=user_id)
 
@@ -130,24 +142,24 @@ async def delete_membership(team_id: str, user_id: str, session: SessionDep, run
 # --- users --------------------------------------------------------------------------------
 
 
-@router.post("/users", status_code=_CREATED, response_model=UserPublic)
+@router.post("/users", status_code=_CREATED, response_model=UserPublic, responses=_CREATE_ERRORS)
 async def create_user(body: UserCreate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await create_entity(session=session, counters=runtime.counters, facts=runtime.facts, kind=USER, body=body)
 
 
-@router.get("/users/{user_id}", response_model=UserPublic)
+@router.get("/users/{user_id}", response_model=UserPublic, responses=_READ_ERRORS)
 async def get_user(user_id: str, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await read_entity(session=session, counters=runtime.counters, kind=USER, entity_id=user_id)
 
 
-@router.patch("/users/{user_id}", response_model=UserPublic)
+@router.patch("/users/{user_id}", response_model=UserPublic, responses=_UPDATE_ERRORS)
 async def patch_user(user_id: str, body: UserUpdate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await update_entity(
         session=session, counters=runtime.counters, facts=runtime.facts, kind=USER, entity_id=user_id, body=body
     )
 
 
-@router.delete("/users/{user_id}", status_code=_DELETED)
+@router.delete("/users/{user_id}", status_code=_DELETED, responses=_READ_ERRORS)
 async def delete_user(user_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=USER, entity_id=user_id)
 
@@ -155,22 +167,22 @@ async def delete_user(user_id: str, session: SessionDep, runtime: RuntimeDep) ->
 # --- keys ---------------------------------------------------------------------------------
 
 
-@router.post("/keys", status_code=_CREATED)
+@router.post("/keys", status_code=_CREATED, responses=_CREATE_ERRORS)
 async def create_api_key(body: KeyCreate, session: SessionDep, runtime: RuntimeDep) -> KeyCreated:
     return await create_key(session=session, counters=runtime.counters, facts=runtime.facts, body=body)
 
 
-@router.get("/keys/{key_id}")
+@router.get("/keys/{key_id}", responses=_READ_ERRORS)
 async def get_api_key(key_id: str, session: SessionDep, runtime: RuntimeDep) -> KeyPublic:
     return await read_key(session=session, counters=runtime.counters, key_id=key_id)
 
 
-@router.patch("/keys/{key_id}")
+@router.patch("/keys/{key_id}", responses=_UPDATE_ERRORS)
 async def patch_api_key(key_id: str, body: KeyUpdate, session: SessionDep, runtime: RuntimeDep) -> KeyPublic:
     return await update_key(session=session, counters=runtime.counters, facts=runtime.facts, key_id=key_id, body=body)
 
 
-@router.delete("/keys/{key_id}", status_code=_DELETED)
+@router.delete("/keys/{key_id}", status_code=_DELETED, responses=_READ_ERRORS)
 async def delete_api_key(key_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_key(session=session, facts=runtime.facts, key_id=key_id)
 
@@ -178,14 +190,14 @@ async def delete_api_key(key_id: str, session: SessionDep, runtime: RuntimeDep) 
 # --- end users ----------------------------------------------------------------------------
 
 
-@router.post("/end-users", status_code=_CREATED, response_model=EndUserPublic)
+@router.post("/end-users", status_code=_CREATED, response_model=EndUserPublic, responses=_CREATE_ERRORS)
 async def create_end_user(body: EndUserCreate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await create_entity(
         session=session, counters=runtime.counters, facts=runtime.facts, kind=END_USER, body=body
     )
 
 
-@router.get("/end-users/{end_user_id}", response_model=EndUserPublic)
+@router.get("/end-users/{end_user_id}", response_model=EndUserPublic, responses=_READ_ERRORS)
 async def get_end_user(end_user_id: str, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await read_entity(
         session=session,
@@ -196,14 +208,14 @@ async def get_end_user(end_user_id: str, session: SessionDep, runtime: RuntimeDe
     )
 
 
-@router.patch("/end-users/{end_user_id}", response_model=EndUserPublic)
+@router.patch("/end-users/{end_user_id}", response_model=EndUserPublic, responses=_UPDATE_ERRORS)
 async def patch_end_user(end_user_id: str, body: TrackedUpdate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await update_entity(
         session=session, counters=runtime.counters, facts=runtime.facts, kind=END_USER, entity_id=end_user_id, body=body
     )
 
 
-@router.delete("/end-users/{end_user_id}", status_code=_DELETED)
+@router.delete("/end-users/{end_user_id}", status_code=_DELETED, responses=_READ_ERRORS)
 async def delete_end_user(end_user_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=END_USER, entity_id=end_user_id)
 
@@ -211,23 +223,23 @@ async def delete_end_user(end_user_id: str, session: SessionDep, runtime: Runtim
 # --- tags ---------------------------------------------------------------------------------
 
 
-@router.post("/tags", status_code=_CREATED, response_model=TagPublic)
+@router.post("/tags", status_code=_CREATED, response_model=TagPublic, responses=_CREATE_ERRORS)
 async def create_tag(body: TagCreate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await create_entity(session=session, counters=runtime.counters, facts=runtime.facts, kind=TAG, body=body)
 
 
-@router.get("/tags/{tag_id}", response_model=TagPublic)
+@router.get("/tags/{tag_id}", response_model=TagPublic, responses=_READ_ERRORS)
 async def get_tag(tag_id: str, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await read_entity(session=session, counters=runtime.counters, kind=TAG, entity_id=tag_id)
 
 
-@router.patch("/tags/{tag_id}", response_model=TagPublic)
+@router.patch("/tags/{tag_id}", response_model=TagPublic, responses=_UPDATE_ERRORS)
 async def patch_tag(tag_id: str, body: TrackedUpdate, session: SessionDep, runtime: RuntimeDep) -> BaseModel:
     return await update_entity(
         session=session, counters=runtime.counters, facts=runtime.facts, kind=TAG, entity_id=tag_id, body=body
     )
 
 
-@router.delete("/tags/{tag_id}", status_code=_DELETED)
+@router.delete("/tags/{tag_id}", status_code=_DELETED, responses=_READ_ERRORS)
 async def delete_tag(tag_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=TAG, entity_id=tag_id)

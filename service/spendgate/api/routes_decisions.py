@@ -9,12 +9,21 @@ from fastapi import APIRouter, Depends, Response
 
 from ..decisions import AuthorizeRequest, RecordRequest
 from ..decisions.observed import observed_authorize, observed_record
+from ..decisions.responses import AuthorizeResponse, RecordResponse
 from .auth import require_gateway
 from .deps import RuntimeDep
+from .json_body import JsonRoute
+from .responses import error_responses
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["decisions"], dependencies=[Depends(require_gateway)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["decisions"],
+    dependencies=[Depends(require_gateway)],
+    route_class=JsonRoute,
+    responses=error_responses(401, 413, 422, 503),
+)
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -23,12 +32,23 @@ def _json(body: dict[str, Any]) -> Response:
     return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), media_type="application/json")
 
 
-@router.post("/authorize")
+# The answers are published with `responses=` (OpenAPI only): a `response_model` would
+# validate and re-encode every answer on the hot path.
+_DECIDED: dict[int | str, dict[str, Any]] = {
+    200: {"model": AuthorizeResponse, "description": "the decision, allow or deny"},
+}
+_RECORDED: dict[int | str, dict[str, Any]] = {
+    200: {"model": RecordResponse, "description": "recorded, or a retry of a record"},
+    **error_responses(409),
+}
+
+
+@router.post("/authorize", response_model=None, responses=_DECIDED)
 async def authorize_route(body: AuthorizeRequest, runtime: RuntimeDep) -> Response:
     with runtime.authorize_slots.slot():  # 503 at once when the replica is already saturated
         return _json(await observed_authorize(runtime=runtime, request=body))
 
 
-@router.post("/record")
+@router.post("/record", response_model=None, responses=_RECORDED)
 async def record_route(body: RecordRequest, runtime: RuntimeDep) -> Response:
     return _json(await observed_record(runtime=runtime, request=body))

@@ -1,14 +1,21 @@
-"""GET /healthz (process up) and GET /readyz (every dependency reachable, policies loaded)."""
+"""GET /healthz (process up) and GET /readyz (every dependency reachable, policies loaded).
+
+A rejected policy reload does not make the replica unready: it keeps deciding under the live
+revision, so /readyz stays 200 with `"policy": "ok"` and reports the rejection beside it
+(`policy_reload`), for operators and the console to see; the metric
+`spendgate_policy_reload_rejected` is 1 meanwhile.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from ..errors import SpendgateError, error_body
+from ..policy.reload import PolicyReloader
 from .deps import RuntimeDep
 
 __all__ = ["router"]
@@ -22,7 +29,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None)
-async def readyz(runtime: RuntimeDep) -> dict[str, Any] | JSONResponse:
+async def readyz(request: Request, runtime: RuntimeDep) -> dict[str, Any] | JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with runtime.engine.connect() as conn:
@@ -41,4 +48,26 @@ async def readyz(runtime: RuntimeDep) -> dict[str, Any] | JSONResponse:
         body = error_body("unavailable", f"not ready: {', '.join(failing)} unavailable")
         body["checks"] = checks
         return JSONResponse(body, status_code=503)
-    return {"status": "ready", "checks": checks, "policy_revision": runtime.policy.revision}
+    reloader: PolicyReloader | None = getattr(request.app.state, "policy_reloader", None)
+    return {
+        "status": "ready",
+        "checks": checks,
+        "policy_revision": runtime.policy.revision,
+        **_policy_reload(reloader),
+    }
+
+
+def _policy_reload(reloader: PolicyReloader | None) -> dict[str, Any]:
+    """When the live revision went live, and the newest files' rejection (null while they are live)."""
+    if reloader is None:
+        return {}
+    rejected = reloader.rejected
+    return {
+        "policy_loaded_at": reloader.loaded_at.isoformat(),
+        "policy_reload": None if rejected is None else {
+            "state": "rejected",
+            "revision": rejected.revision,
+            "error": rejected.error,
+            "at": rejected.at.isoformat(),
+        },
+    }
