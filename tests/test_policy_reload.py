@@ -26,8 +26,9 @@ def policy_dir(tmp_path: Path) -> Path:
 
 
 async def _app_with_policies(app_factory: Any, sqlite_url: str, policy_dir: Path) -> tuple[RunningApp, PolicyReloader]:
+    """The app and its own reloader (created even with polling off; the test drives it)."""
     app = await app_factory(database_url=sqlite_url, policy_dir=policy_dir, policy_reload_seconds=0)
-    return app, PolicyReloader(app.runtime.policy, policy_dir)
+    return app, app.app.state.policy_reloader
 
 
 async def _team_key(app: RunningApp) -> str:
@@ -85,3 +86,50 @@ async def test_invalid_data_json_is_rejected_like_a_broken_policy(
     assert await reloader.check_once() is False
     assert reloader.last_error is not None and "data.json" in reloader.last_error
     assert app.runtime.policy.revision == serving
+
+
+async def _metric(app: RunningApp, sample: str) -> float:
+    response = await app.anonymous.get("/metrics")
+    (value,) = [line.rsplit(" ", 1)[1] for line in response.text.splitlines() if line.startswith(sample + " ")]
+    return float(value)
+
+
+async def test_a_rejected_reload_shows_in_readyz_and_metrics_until_the_files_are_fixed(
+    app_factory: Any, sqlite_url: str, policy_dir: Path
+) -> None:
+    app, reloader = await _app_with_policies(app_factory, sqlite_url, policy_dir)
+    serving = app.runtime.policy.revision
+    broken = policy_dir / "spendgate" / "broken.rego"
+    broken.write_text("package spendgate.broken\n\nx := if {\n")
+
+    assert await reloader.check_once() is False
+
+    ready = await app.anonymous.get("/readyz")
+    assert ready.status_code == 200  # still ready: it serves the previous revision
+    body = ready.json()
+    assert body["checks"]["policy"] == "ok" and body["policy_revision"] == serving
+    rejected = body["policy_reload"]
+    assert rejected["state"] == "rejected" and rejected["revision"] not in (None, serving)
+    assert f"{broken}:3:6: unexpected keyword `if`" in rejected["error"]  # a path the operator can open
+    assert await _metric(app, 'spendgate_policy_reloads_total{result="rejected"}') == 1
+    assert await _metric(app, "spendgate_policy_reload_rejected") == 1
+
+    broken.unlink()
+    assert await reloader.check_once() is False  # the files on disk are the live set again
+
+    body = (await app.anonymous.get("/readyz")).json()
+    assert body["policy_reload"] is None and body["policy_revision"] == serving
+    assert await _metric(app, "spendgate_policy_reload_rejected") == 0
+    assert await _metric(app, 'spendgate_policy_reloads_total{result="applied"}') == 0
+
+
+async def test_readyz_reports_an_unreadable_set_without_a_revision(
+    app_factory: Any, sqlite_url: str, policy_dir: Path
+) -> None:
+    app, reloader = await _app_with_policies(app_factory, sqlite_url, policy_dir)
+    (policy_dir / "data.json").write_text("{not json")
+
+    assert await reloader.check_once() is False
+
+    rejected = (await app.anonymous.get("/readyz")).json()["policy_reload"]
+    assert rejected["revision"] is None and f"{policy_dir / 'data.json'}:1:2: invalid JSON" in rejected["error"]

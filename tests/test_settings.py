@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ("SPENDGATE_RECORD_BATCH_MAX", "0", "at least 1"),
         ("SPENDGATE_RECORD_BATCH_CONCURRENCY", "-2", "at least 1"),
         ("SPENDGATE_MAX_AUTHORIZE_IN_FLIGHT", "-1", "0 (no limit) or a positive whole number"),
+        ("SPENDGATE_DEFAULT_END_USER_BUDGET", "{\"max_budget\": \"x\"}", "must be budget JSON"),
+        ("SPENDGATE_DEFAULT_END_USER_BUDGET", "5 dollars", "must be budget JSON"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_it(

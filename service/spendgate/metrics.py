@@ -103,6 +103,15 @@ class Metrics:
         self.reconcile_repairs = Counter(
             "spendgate_reconcile_repairs", "Ledger counters repaired by reconcile.", registry=r,
         )
+        self.policy_reloads = Counter(
+            "spendgate_policy_reloads", "Changed policy sets found on disk, by result (applied: live now; rejected: "
+            "did not load, compile or pass SPENDGATE_POLICY_GATE, the previous revision keeps serving).", ["result"],
+            registry=r,
+        )
+        self.policy_reload_rejected = Gauge(
+            "spendgate_policy_reload_rejected", "1 while the newest policy files on disk are rejected (the previous "
+            "revision keeps serving), 0 otherwise.", registry=r,
+        )
         self.reconcile_last_run = Gauge(
             "spendgate_reconcile_last_run_timestamp_seconds", "When the last reconcile run finished (Unix time).",
             registry=r,
@@ -121,6 +130,8 @@ class Metrics:
                 self.deny_reasons.labels(code, entity_type)
         for problem in RECONCILE_PROBLEMS:
             self.reconcile_drifting.labels(problem)
+        for result in ("applied", "rejected"):
+            self.policy_reloads.labels(result)
 
     # --- the decision path ------------------------------------------------------------
 

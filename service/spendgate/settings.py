@@ -14,10 +14,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .resources import default_policy_dir
+
 __all__ = ["Settings", "get_settings", "DEFAULT_POLICY_DIR"]
 
-#: The policies shipped with the service: `<repo>/policies` next to `service/`.
-DEFAULT_POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+#: The policies shipped with the service: the checkout's `policies/`, or the wheel's copy (resources.py).
+DEFAULT_POLICY_DIR = default_policy_dir()
 
 
 class Settings(BaseSettings):
@@ -49,11 +51,16 @@ class Settings(BaseSettings):
     opa_fail_over: bool = False
     #: How often the policy directory is checked for changes (0: never — policies load at start only).
     policy_reload_seconds: float = 1.0
+    #: What a policy set must pass to go live (at start-up and on reload): "compile", or "test" —
+    #: also the policy tests beside it (`*_test.rego` in the policy dir and a sibling policy_tests/).
+    policy_gate: Literal["compile", "test"] = "compile"
     #: Budget applied to end users never created through the admin API, e.g. '{"max_budget": "5"}'.
     default_end_user_budget: str | None = None
     db_pool_size: int = 10
     #: Authorizes one replica works on at once; more are answered 503 at once (0: no limit).
     max_authorize_in_flight: int = 64
+    #: Largest request body accepted, in bytes (1 MiB); a larger one is answered 413 before it is read.
+    max_body_bytes: int = 1_048_576
     #: PostgreSQL: most records one ledger transaction may carry (group commit, record_batch.py).
     record_batch_max: int = 64
     #: PostgreSQL: ledger transactions of records a replica runs at once.
@@ -98,6 +105,29 @@ class Settings(BaseSettings):
             raise ValueError("SPENDGATE_OPA_URL must be an http(s):// URL such as http://opa:8181")
         return value.rstrip("/")
 
+    @field_validator("default_end_user_budget")
+    @classmethod
+    def _valid_end_user_budget(cls, value: str | None) -> str | None:
+        """Checked at start-up, so a typo stops the service instead of failing the first request that needs it."""
+        if value in (None, ""):
+            return None
+        from pydantic import ValidationError
+
+        from .budgets import BudgetSpec  # late: budgets imports the table models
+
+        try:
+            BudgetSpec.model_validate_json(value)
+        except ValidationError as exc:
+            problem = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ValueError(
+                "SPENDGATE_DEFAULT_END_USER_BUDGET must be budget JSON such as "
+                f'{{"max_budget": "5", "duration": "1d", "reset": "calendar"}} ({problem})'
+            ) from None
+        return value
+
     @field_validator("reservation_ttl")
     @classmethod
     def _positive_ttl(cls, value: int) -> int:
@@ -119,6 +149,13 @@ class Settings(BaseSettings):
             raise ValueError("SPENDGATE_MAX_AUTHORIZE_IN_FLIGHT must be 0 (no limit) or a positive whole number")
         return value
 
+    @field_validator("max_body_bytes")
+    @classmethod
+    def _room_for_a_request(cls, value: int) -> int:
+        if value < 1024:
+            raise ValueError("SPENDGATE_MAX_BODY_BYTES must be a whole number of bytes, at least 1024")
+        return value
+
     @field_validator("db_pool_size", "record_batch_max", "record_batch_concurrency")
     @classmethod
     def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
@@ -130,7 +167,7 @@ class Settings(BaseSettings):
     @classmethod
     def _cache_within_contract(cls, value: float) -> float:
         if not 0 <= value <= 1:
-            raise ValueError("SPENDGATE_FACTS_CACHE_SECONDS must be between 0 and 1 (API.md: changes apply within 1 s)")
+            raise ValueError("SPENDGATE_FACTS_CACHE_SECONDS must be between 0 and 1 (docs/api.md: admin changes apply within 1 s)")
         return value
 
     @field_validator("policy_dir")

@@ -103,12 +103,12 @@ test_reasons_key_blocked_when_personal_user_org_blocked if {
 test_reasons_empty_when_uncharged_user_org_blocked if {
 	# A team key does not charge its user's own org, so that org's block does not apply.
 	doc := fixtures.with_part(_team, "orgs", {"o2": {"blocked": true}})
-	count(_reasons(doc)) == 0
+	count(_reasons(doc)) == 0 with data.spendgate.config.team_keys_charge_user as false
 }
 
 test_reasons_key_blocked_when_user_org_blocked_and_team_keys_charge_user if {
 	doc := fixtures.with_part(_team, "orgs", {"o2": {"blocked": true}})
-	found := admission.reasons with input as doc with data.spendgate.config as {"team_keys_charge_user": true}
+	found := admission.reasons with input as doc with data.spendgate.config.team_keys_charge_user as true
 	{"code": "key_blocked", "entity": {"type": "org", "id": "o2"}, "message": "org o2 is blocked"} in found
 }
 
@@ -247,16 +247,16 @@ test_reasons_budget_exceeded_when_one_window_of_several_at_limit if {
 # --- budget_exceeded: only charged ledgers count
 
 test_reasons_empty_when_team_key_user_personal_budget_exhausted if {
-	count(_reasons(fixtures.at_limit(_team, "user:u1"))) == 0
+	count(_reasons(fixtures.at_limit(_team, "user:u1"))) == 0 with data.spendgate.config.team_keys_charge_user as false
 }
 
 test_reasons_empty_when_team_key_user_org_budget_exhausted if {
-	count(_reasons(fixtures.at_limit(_team, "org:o2"))) == 0
+	count(_reasons(fixtures.at_limit(_team, "org:o2"))) == 0 with data.spendgate.config.team_keys_charge_user as false
 }
 
 test_reasons_budget_exceeded_when_user_exhausted_and_team_keys_charge_user if {
 	found := admission.reasons with input as fixtures.at_limit(_team, "user:u1")
-		with data.spendgate.config as {"team_keys_charge_user": true}
+		with data.spendgate.config.team_keys_charge_user as true
 	some reason in found
 	reason.ledger == "user:u1"
 }
@@ -299,7 +299,7 @@ test_reasons_empty_when_no_estimate_and_one_nano_left if {
 }
 
 test_reasons_budget_exceeded_when_estimate_zero_and_at_limit if {
-	_refused_on(_budget(_team, "team:t1", 10000000000, 0, 0), "team:t1")
+	_refused_on(_budget(_team, "team:t1", 10000000000, 0, 0), "team:t1") with data.spendgate.config.zero_estimate_always_admitted as false
 }
 
 test_reasons_empty_when_estimate_zero_and_one_nano_left if {
@@ -317,28 +317,28 @@ test_reasons_budget_exceeded_when_estimate_missing_and_at_limit if {
 test_reasons_empty_when_estimate_zero_and_zero_estimate_always_admitted if {
 	doc := _budget(_team, "team:t1", 12000000000, 0, 0)
 	found := admission.reasons with input as doc
-		with data.spendgate.config as {"zero_estimate_always_admitted": true}
+		with data.spendgate.config.zero_estimate_always_admitted as true
 	count(found) == 0
 }
 
 test_reasons_budget_exceeded_when_estimate_null_and_zero_estimate_always_admitted if {
 	doc := _budget(_team, "team:t1", 10000000000, 0, null)
 	found := admission.reasons with input as doc
-		with data.spendgate.config as {"zero_estimate_always_admitted": true}
+		with data.spendgate.config.zero_estimate_always_admitted as true
 	{reason.code | some reason in found} == {"budget_exceeded"}
 }
 
 test_reasons_budget_exceeded_when_estimate_positive_and_zero_estimate_always_admitted if {
 	doc := _budget(_team, "team:t1", 10000000000, 0, 1)
 	found := admission.reasons with input as doc
-		with data.spendgate.config as {"zero_estimate_always_admitted": true}
+		with data.spendgate.config.zero_estimate_always_admitted as true
 	{reason.code | some reason in found} == {"budget_exceeded"}
 }
 
 test_reasons_key_blocked_when_estimate_zero_and_zero_estimate_always_admitted if {
 	doc := fixtures.with_part(_budget(_team, "team:t1", 10000000000, 0, 0), "key", {"blocked": true})
 	found := admission.reasons with input as doc
-		with data.spendgate.config as {"zero_estimate_always_admitted": true}
+		with data.spendgate.config.zero_estimate_always_admitted as true
 	{reason.code | some reason in found} == {"key_blocked"}
 }
 
@@ -416,7 +416,7 @@ test_alerts_empty_when_spent_below_soft_budget if {
 
 test_alerts_empty_when_soft_budget_crossed_on_uncharged_ledger if {
 	ledger := object.union(fixtures.ledger("user", "u1", null, 9000000000), {"soft_budget": 8000000000})
-	found := admission.alerts with input as fixtures.with_ledger(_team, ledger)
+	found := admission.alerts with input as fixtures.with_ledger(_team, ledger) with data.spendgate.config.team_keys_charge_user as false
 	count(found) == 0
 }
 

@@ -43,11 +43,11 @@ test_charges_team_ledgers_when_team_key if {
 	attribution.charges == {
 		"key:k1", "team:t1", "team_member:t1/u1", "org:o1",
 		"end_user:cust-9", "tag:search", "tag:beta", "key_model:k1/gpt-4o",
-	} with input as fixtures.team_key_input
+	} with input as fixtures.team_key_input with data.spendgate.config.team_keys_charge_user as false
 }
 
 test_charges_exclude_personal_ledgers_when_team_key if {
-	charged := attribution.charges with input as fixtures.team_key_input
+	charged := attribution.charges with input as fixtures.team_key_input with data.spendgate.config.team_keys_charge_user as false
 	not "user:u1" in charged
 	not "org:o2" in charged
 }
@@ -140,19 +140,19 @@ test_charges_user_and_user_org_when_team_keys_charge_user if {
 		"key:k1", "team:t1", "team_member:t1/u1", "org:o1", "user:u1", "org:o2",
 		"end_user:cust-9", "tag:search", "tag:beta", "key_model:k1/gpt-4o",
 	} with input as fixtures.team_key_input
-		with data.spendgate.config as {"team_keys_charge_user": true}
+		with data.spendgate.config.team_keys_charge_user as true
 }
 
 test_entities_one_org_when_team_keys_charge_user_and_orgs_match if {
 	doc := fixtures.with_part(fixtures.team_key_input, "user", {"org_id": "o1"})
 	orgs := {entity | some entity in attribution.entities; entity.type == "org"} with input as doc
-		with data.spendgate.config as {"team_keys_charge_user": true}
+		with data.spendgate.config.team_keys_charge_user as true
 	orgs == {{"type": "org", "id": "o1"}}
 }
 
 test_charges_exclude_user_when_knob_false if {
 	charged := attribution.charges with input as fixtures.team_key_input
-		with data.spendgate.config as {"team_keys_charge_user": false}
+		with data.spendgate.config.team_keys_charge_user as false
 	not "user:u1" in charged
 }
 
@@ -167,7 +167,7 @@ test_charges_unchanged_when_knob_set_for_personal_key if {
 		"key:k2", "user:u1", "org:o2",
 		"end_user:cust-9", "tag:search", "tag:beta", "key_model:k2/gpt-4o",
 	} with input as fixtures.personal_key_input
-		with data.spendgate.config as {"team_keys_charge_user": true}
+		with data.spendgate.config.team_keys_charge_user as true
 }
 
 # --- entities

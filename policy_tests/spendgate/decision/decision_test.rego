@@ -25,11 +25,11 @@ test_result_allows_with_sorted_charges_when_team_key_within_budgets if {
 		],
 		"reasons": [],
 		"alerts": [],
-	}
+	} with data.spendgate.config.team_keys_charge_user as false
 }
 
 test_result_denies_with_charges_when_budget_exceeded if {
-	result := _result(fixtures.at_limit(_team, "team:t1"))
+	result := _result(fixtures.at_limit(_team, "team:t1")) with data.spendgate.config.team_keys_charge_user as false
 	result.allow == false
 	count(result.charges) == 8
 	[reason.ledger | some reason in result.reasons] == ["team:t1"]
@@ -79,7 +79,7 @@ test_result_has_only_arrays_when_denied if {
 }
 
 test_result_charges_user_when_team_keys_charge_user if {
-	result := decision.result with input as _team with data.spendgate.config as {"team_keys_charge_user": true}
+	result := decision.result with input as _team with data.spendgate.config.team_keys_charge_user as true
 	"user:u1" in result.charges
 	"org:o2" in result.charges
 }

@@ -2,6 +2,10 @@
 
 `test` prints what `opa test` prints (`-v`: every test with PASS/FAIL/ERROR/SKIPPED and its
 duration; always a `PASS: n/m` summary), so authors can switch between the two freely.
+
+Without explicit paths every command works on the policies the service would load,
+SPENDGATE_POLICY_DIR (read through `Settings`, so `.env` counts too), and `test` on the tests
+beside them (`testing.policy_test_roots`).
 """
 
 from __future__ import annotations
@@ -13,17 +17,46 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from ..errors import PolicyError
-from ..settings import DEFAULT_POLICY_DIR
+from ..settings import DEFAULT_POLICY_DIR, get_settings
 from .embedded import clean_engine_message, compile_policy_set
 from .engine import DECISION_QUERY
-from .loader import PolicySet, load_policy_set
-from .testing import PolicyTestReport, PolicyTestResult, PolicyTestStatus, run_policy_tests
+from .loader import PolicySet, display_path, load_policy_set
+from .testing import PolicyTestReport, PolicyTestResult, PolicyTestStatus, policy_test_roots, run_policy_tests
 
 __all__ = ["add_policy_commands"]
 
 _RULE = "-" * 80
-DEFAULT_TEST_PATHS = (DEFAULT_POLICY_DIR, DEFAULT_POLICY_DIR.parent / "policy_tests")
+_DIR_RULE = "Without paths: the policies in $SPENDGATE_POLICY_DIR (default: the shipped policies, {default})"
+_TEST_RULE = (
+    ", and their tests: every *_test.rego under that directory plus the directory policy_tests/ beside it, "
+    "when it exists (SPENDGATE_POLICY_DIR=X: X and X/../policy_tests)."
+)
+
+
+def _configured_policy_dir() -> Path:
+    """SPENDGATE_POLICY_DIR as the service reads it; a bad configuration is reported in one line."""
+    try:
+        return get_settings().policy_dir
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error["loc"], str(error["msg"])) for error in exc.errors())
+        raise PolicyError(
+            f"invalid configuration ({problems}); fix it, or name the policy directories on the command line"
+        ) from exc
+
+
+def _problem(loc: tuple[int | str, ...], message: str) -> str:
+    """One setting's problem, naming its variable once (validator messages usually name it already)."""
+    message = message.removeprefix("Value error, ")
+    name = "SPENDGATE_" + "_".join(str(part) for part in loc).upper() if loc else ""
+    return message if not name or name in message else f"{name}: {message}"
+
+
+def _default_paths(*, with_tests: bool) -> list[Path]:
+    policy_dir = _configured_policy_dir()
+    return list(policy_test_roots(policy_dir)) if with_tests else [policy_dir]
 
 
 def _duration(ns: int) -> str:
@@ -80,7 +113,11 @@ def _print_coverage(report: PolicyTestReport, out: TextIO) -> float:
 
 
 def _test(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths] or list(DEFAULT_TEST_PATHS)
+    try:
+        paths = [Path(p) for p in args.paths] or _default_paths(with_tests=True)
+    except PolicyError as exc:
+        print(f"spendgate policy test: {exc.message}", file=sys.stderr)
+        return 2
     try:
         pattern = re.compile(args.run_pattern) if args.run_pattern else None
     except re.error as exc:
@@ -127,7 +164,11 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths] or [DEFAULT_POLICY_DIR]
+    try:
+        paths = [Path(p) for p in args.paths] or _default_paths(with_tests=False)
+    except PolicyError as exc:
+        print(f"spendgate policy check: {exc.message}", file=sys.stderr)
+        return 2
     failures = 0
     for root in paths:
         try:
@@ -138,7 +179,7 @@ def _check(args: argparse.Namespace) -> int:
             continue
         for name, source in policies.modules:
             try:
-                compile_policy_set(PolicySet(policies.root, ((name, source),)))
+                compile_policy_set(PolicySet(policies.root, ((name, source),), files=policies.files))
             except PolicyError as exc:
                 failures += 1
                 print(exc.message.split(" does not compile: ", 1)[-1], file=sys.stderr)
@@ -149,7 +190,7 @@ def _check(args: argparse.Namespace) -> int:
                 failures += 1
                 print(exc.message, file=sys.stderr)
         if not failures:
-            print(f"{root}: {len(policies.modules)} modules compile (revision {policies.revision})")
+            print(f"{display_path(root)}: {len(policies.modules)} modules compile (revision {policies.revision})")
     return 1 if failures else 0
 
 
@@ -157,7 +198,7 @@ def _locate(policies: PolicySet, pattern: str) -> str:
     """file:line of every rule head whose text matches `pattern` (for --explain)."""
     regex = re.compile(pattern)
     found = [
-        f"{name}:{number}"
+        f"{policies.path_of(name)}:{number}"
         for name, source in policies.modules
         for number, line in enumerate(source.splitlines(), start=1)
         if regex.search(line)
@@ -166,7 +207,11 @@ def _locate(policies: PolicySet, pattern: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    policy_dir = Path(args.policy_dir) if args.policy_dir else DEFAULT_POLICY_DIR
+    try:
+        policy_dir = Path(args.policy_dir) if args.policy_dir else _configured_policy_dir()
+    except PolicyError as exc:
+        print(f"spendgate policy eval: {exc.message}", file=sys.stderr)
+        return 2
     try:
         input_doc = json.loads(Path(args.input).read_text(encoding="utf-8")) if args.input != "-" else json.load(sys.stdin)
     except (OSError, json.JSONDecodeError) as exc:
@@ -219,11 +264,17 @@ def _explain(result: Any, input_doc: dict[str, Any], policies: PolicySet) -> Non
 
 
 def add_policy_commands(commands: Any) -> None:
-    policy = commands.add_parser("policy", help="test, check and evaluate Rego policies")
+    dir_rule = _DIR_RULE.format(default=DEFAULT_POLICY_DIR)
+    policy = commands.add_parser(
+        "policy", help="test, check and evaluate Rego policies", description=dir_rule + "; `test` adds their tests" + _TEST_RULE
+    )
     sub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
 
-    test = sub.add_parser("test", help="run *_test.rego test_ rules (like `opa test`)")
-    test.add_argument("paths", nargs="*", help="policy and test directories (default: policies policy_tests)")
+    test = sub.add_parser(
+        "test", help="run *_test.rego test_ rules (like `opa test`)",
+        description="Run the test_ rules of *_test.rego files, as `opa test` does. " + dir_rule + _TEST_RULE,
+    )
+    test.add_argument("paths", nargs="*", help="policy and test directories (default: see above)")
     test.add_argument("-v", "--verbose", action="store_true", help="list every test with its result and duration")
     test.add_argument("--run", "-r", dest="run_pattern", help="only tests whose data.<package>.<name> matches this regular expression")
     test.add_argument("--coverage", "-c", action="store_true", help="report line coverage per policy file")
@@ -231,13 +282,20 @@ def add_policy_commands(commands: Any) -> None:
     test.add_argument("--format", choices=["pretty", "json"], default="pretty")
     test.set_defaults(run=_test)
 
-    check = sub.add_parser("check", help="parse and compile every policy; report file:line:col errors")
-    check.add_argument("paths", nargs="*", help="policy directories (default: the shipped policies)")
+    check = sub.add_parser(
+        "check", help="parse and compile every policy; report file:line:col errors",
+        description="Parse and compile every .rego file (tests included) of each directory; errors are "
+        "path:line:col, the path relative to the current directory when the file is under it. " + dir_rule + ".",
+    )
+    check.add_argument("paths", nargs="*", help="policy directories (default: $SPENDGATE_POLICY_DIR)")
     check.set_defaults(run=_check)
 
-    evaluate = sub.add_parser("eval", help="evaluate a decision for an input document")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a decision for an input document",
+        description="Evaluate a query (default: the decision document) for an input document. " + dir_rule + ".",
+    )
     evaluate.add_argument("query", nargs="?", default=DECISION_QUERY)
     evaluate.add_argument("--input", "-i", required=True, help="input document (JSON file, or - for stdin)")
-    evaluate.add_argument("--policy-dir", help="policies to load (default: the shipped policies)")
+    evaluate.add_argument("--policy-dir", help="policies to load (default: $SPENDGATE_POLICY_DIR)")
     evaluate.add_argument("--explain", action="store_true", help="show every charge and reason with the rule behind it")
     evaluate.set_defaults(run=_eval)

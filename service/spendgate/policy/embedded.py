@@ -37,13 +37,18 @@ def clean_engine_message(exc: BaseException) -> str:
 
 
 def compile_policy_set(policies: PolicySet) -> regorus.Engine:
-    """A regorus engine with every module and data document loaded; PolicyError names the file and line."""
+    """A regorus engine with every module and data document loaded; PolicyError names the file and line.
+
+    Modules are registered under the path a user can open (`PolicySet.path_of`), so compile errors,
+    test results and coverage all point at the file.
+    """
     engine = regorus.Engine()
     for name, source in policies.modules:
+        path = policies.path_of(name)
         try:
-            engine.add_policy(name, source)
+            engine.add_policy(path, source)
         except RuntimeError as exc:
-            raise PolicyError(f"policy {name} does not compile: {clean_engine_message(exc)}") from exc
+            raise PolicyError(f"policy {path} does not compile: {clean_engine_message(exc)}") from exc
     if policies.data:
         engine.add_data_json(json.dumps(policies.data))
     return engine

@@ -9,6 +9,10 @@ from regorus' coverage report. This module prints nothing: pytest and the CLI pr
 
 One difference from `opa test`: a test name defined twice is an ERROR here (OPA runs each
 definition as its own test; one engine query cannot, and together one would hide the other).
+
+Where the tests of a policy directory X are (`policy_test_roots`, used by the CLI and the
+service's test gate): the `*_test.rego` files under X itself, plus every file under a sibling
+directory `policy_tests/` (X/../policy_tests) when there is one.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from .embedded import clean_engine_message, compile_policy_set
-from .loader import PolicySet, load_policy_set
+from .loader import PolicySet, combine_policy_sets, load_policy_set
 
 __all__ = [
     "FileCoverage",
@@ -34,8 +38,13 @@ __all__ = [
     "PolicyTestStatus",
     "PolicyTestSuite",
     "load_test_suite",
+    "policy_test_roots",
     "run_policy_tests",
+    "with_tests",
 ]
+
+#: The directory beside a policy directory that holds its tests (policies/ → policy_tests/).
+TESTS_DIR_NAME = "policy_tests"
 
 _TEST_PREFIX = "test_"
 _TODO_PREFIX = "todo_test_"
@@ -129,10 +138,10 @@ class PolicyTestSuite:
         if coverage:
             self._engine.set_enable_coverage(True)
         self._coverage = coverage
-        self._sources = dict(policies.modules)
+        self._sources = {policies.path_of(name): source for name, source in policies.modules}
         self._test_files: set[str] = set()
         self.tests = self._discover(policies)
-        self._policy_files = _policy_files([name for name, _ in policies.modules], self._test_files)
+        self._policy_files = _policy_files(policies, self._test_files)
 
     def run(self, test: PolicyTest) -> PolicyTestResult:
         """Evaluate one test rule on its own."""
@@ -164,8 +173,9 @@ class PolicyTestSuite:
         """Line coverage of the policy files by the tests run so far.
 
         Policy files are the modules under the directories that hold no tests (`policies/`, not
-        `policy_tests/` with its fixtures); when every directory holds tests, every module that
-        is not a test module. A file no test reached has every line of code not covered.
+        `policy_tests/` with its fixtures); when every directory holds tests, the modules of the
+        first directory that are not test modules. A file no test reached has every line of code
+        not covered.
         """
         if not self._coverage:
             raise PolicyError("coverage was not enabled for this test suite; load it with coverage=True")
@@ -190,7 +200,7 @@ class PolicyTestSuite:
             modules = _modules_from_ast(json.loads(self._engine.get_ast_as_json()))
         except (KeyError, TypeError, ValueError, IndexError):
             # An AST shape this code does not know (another regorus version): read the sources instead.
-            modules = [_module_from_source(name, source) for name, source in policies.modules]
+            modules = [_module_from_source(policies.path_of(name), source) for name, source in policies.modules]
         tests: dict[tuple[str, str], PolicyTest] = {}
         for path, package, rules in modules:
             if not package.endswith("_test"):
@@ -208,6 +218,24 @@ class PolicyTestSuite:
 def load_test_suite(*paths: str | Path, coverage: bool = False) -> PolicyTestSuite:
     """Load the policies and tests under the directories `paths` (e.g. `policies`, `policy_tests`)."""
     return PolicyTestSuite(load_policy_set(*(Path(p) for p in paths), include_tests=True), coverage=coverage)
+
+
+def policy_test_roots(policy_dir: Path) -> tuple[Path, ...]:
+    """The directories to load to test the policies in `policy_dir`: itself, and `../policy_tests` if present."""
+    sibling = policy_dir.parent / TESTS_DIR_NAME
+    if sibling.is_dir() and sibling.resolve() != policy_dir.resolve():
+        return policy_dir, sibling
+    return (policy_dir,)
+
+
+def with_tests(policies: PolicySet) -> PolicySet:
+    """`policies` exactly as given (not re-read), with the tests found beside them (`policy_test_roots`)."""
+    root, *siblings = policy_test_roots(policies.root)
+    return combine_policy_sets(
+        policies,
+        load_policy_set(root, only_tests=True),
+        *(load_policy_set(sibling, include_tests=True) for sibling in siblings),
+    )
 
 
 def run_policy_tests(
@@ -228,11 +256,16 @@ def _code_lines(source: str) -> tuple[int, ...]:
     )
 
 
-def _policy_files(modules: list[str], test_files: set[str]) -> frozenset[str]:
-    """Modules under a root directory without tests (module names start with their root's name)."""
-    roots_with_tests = {name.split("/", 1)[0] for name in test_files}
-    policy_files = [name for name in modules if name.split("/", 1)[0] not in roots_with_tests]
-    return frozenset(policy_files or [name for name in modules if name not in test_files])
+def _policy_files(policies: PolicySet, test_files: set[str]) -> frozenset[str]:
+    """Paths of the modules under a root directory without tests (else: the first root's non-test modules)."""
+    modules = [
+        (file.path, file.root) if (file := policies.files.get(name)) else (name, Path(name.split("/", 1)[0]))
+        for name, _ in policies.modules
+    ]
+    roots_with_tests = {root for path, root in modules if path in test_files}
+    policy_files = [path for path, root in modules if root not in roots_with_tests]
+    first_root = [path for path, root in modules if root == policies.root and path not in test_files]
+    return frozenset(policy_files or first_root or [path for path, _ in modules if path not in test_files])
 
 
 def _result(
