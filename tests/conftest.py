@@ -72,7 +72,9 @@ async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def opa_server() -> Iterator[OpaCompatServer]:
-    """An OPA-compatible REST server (no OPA binary can be installed here), one per run."""
+    """An OPA-compatible REST server on OPA's own Go engine (no OPA binary installs here), one per run.
+
+    Fails, naming the install command, when that engine (requirements/opa-engine.txt) is missing."""
     server = OpaCompatServer()
     server.start()
     yield server

@@ -1,4 +1,8 @@
-"""The service with an OPA server deciding (SPENDGATE_OPA_URL): same decisions, 503 when OPA is down."""
+"""The service with an OPA server deciding (SPENDGATE_OPA_URL): same decisions, 503 when OPA is down.
+
+The OPA server is tests/support/opa_compat.py evaluating with OPA's own Go engine, so "the same
+decisions" compares regorus with OPA; its query count shows each decision really was OPA's.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ from support.opa_compat import OpaCompatServer
 from support.scenario import authorize, create, create_key, record
 
 pytestmark = pytest.mark.asyncio
+
+
+#: Authorize calls in `_scenario` that ask the policy (every one: none is a replay of an earlier request id).
+SCENARIO_DECISIONS = 5
 
 
 async def _scenario(app: RunningApp) -> list[dict[str, Any]]:
@@ -42,8 +50,34 @@ async def test_opa_and_embedded_services_make_identical_decisions(
 ) -> None:
     embedded = await app_factory(database_url=sqlite_url)
     with_opa = await app_factory(database_url=f"sqlite+aiosqlite:///{tmp_path / 'opa.db'}", opa_url=opa.url)
+    queried_before = opa.data_queries
 
-    assert [_comparable(b) for b in await _scenario(with_opa)] == [_comparable(b) for b in await _scenario(embedded)]
+    by_opa = await _scenario(with_opa)
+    queried = opa.data_queries - queried_before
+    by_embedded = await _scenario(embedded)
+
+    assert [_comparable(b) for b in by_opa] == [_comparable(b) for b in by_embedded]
+    assert queried == SCENARIO_DECISIONS  # OPA made every one of the OPA-backed service's decisions
+    assert opa.data_queries - queried_before == SCENARIO_DECISIONS  # and none of the embedded one's
+
+
+async def test_each_authorize_asks_opa_once_and_a_replay_or_a_record_asks_nothing(
+    app_factory: Any, sqlite_url: str, opa: OpaCompatServer
+) -> None:
+    app = await app_factory(database_url=sqlite_url, opa_url=opa.url)
+    secret = await create_key(app.admin, id="k1", budget={"max_budget": "1"})
+    queried = [opa.data_queries]
+
+    for step in (
+        authorize(app.gateway, request_id="r1", api_key=secret, estimated_cost="0.10"),
+        authorize(app.gateway, request_id="r1", api_key=secret, estimated_cost="0.10"),  # a replay: the stored answer
+        record(app.gateway, request_id="r1", cost="0.05", outcome="success"),  # attributed by its authorize
+        authorize(app.gateway, request_id="r2", api_key="sk-sg-unknown"),  # an unknown key is the policy's call too
+    ):
+        await step
+        queried.append(opa.data_queries)
+
+    assert [after - before for before, after in zip(queried, queried[1:])] == [1, 0, 0, 1]
 
 
 async def test_opa_down_is_503_naming_opa_and_recovers_by_itself(
@@ -61,7 +95,9 @@ async def test_opa_down_is_503_naming_opa_and_recovers_by_itself(
     assert down.status_code == 503
     assert down.json()["error"]["code"] == "unavailable" and "opa" in down.json()["error"]["message"]
     assert ready.status_code == 503
+    assert opa.data_queries == 0
     assert (await authorize(app.gateway, request_id="r1", api_key=secret))["decision"] == "allow"
+    assert opa.data_queries == 1  # the decision after OPA came back is OPA's
 
 
 async def test_opa_fail_over_keeps_deciding_in_process_when_configured(
@@ -78,3 +114,4 @@ async def test_opa_fail_over_keeps_deciding_in_process_when_configured(
 
     assert allowed["decision"] == "allow"
     assert [r["code"] for r in refused["reasons"]] == ["budget_exceeded"]
+    assert opa.data_queries == 0  # both were decided in-process: none reached OPA

@@ -1,4 +1,8 @@
-"""An OPA-compatible HTTP server for tests, backed by the embedded Rego engine (regorus).
+"""An OPA-compatible HTTP server for tests, evaluating with OPA's own Go engine.
+
+The engine is OPA's `github.com/open-policy-agent/opa/v1/rego` package (module `opa_bindings`,
+requirements/opa-engine.txt), so the OPA adapter is tested against real OPA semantics: its parser,
+compiler and type checker on every PUT, its evaluation on every query. Only the HTTP layer is ours.
 
 It serves the part of OPA's REST API (openpolicyagent.org/docs/rest-api) that spendgate.policy.opa
 uses, with OPA's routes, status codes and bodies (as OPA's v1/server/server.go writes them):
@@ -9,6 +13,7 @@ uses, with OPA's routes, status codes and bodies (as OPA's v1/server/server.go w
     GET    /v1/policies/{id}        200 {"result": {...}} | 404 resource_not_found
     PUT    /v1/policies/{id}        200 {} (also when unchanged) | 400 invalid_parameter
                                     "error(s) occurred while compiling module(s)", errors [{code, message, location}]
+                                    (OPA's rego_parse_error, rego_type_error, rego_compile_error, ...)
     DELETE /v1/policies/{id}        200 {} | 404 resource_not_found | 400 invalid_operation
     GET    /v1/data/{path}          200 {"result": ...}, or {} when undefined (?input= as JSON)
     POST   /v1/data/{path}          {"input": ...} -> 200 {"result": ...} | {} (+ "warning" without input);
@@ -17,16 +22,15 @@ uses, with OPA's routes, status codes and bodies (as OPA's v1/server/server.go w
     PATCH  /v1/data/{path}          JSON Patch add/remove/replace -> 204 | 400 | 404
     DELETE /v1/data/{path}          204 | 404 resource_not_found
 
-Known differences from OPA, so tests don't rely on them: a PUT only parses modules (OPA also
-type-checks: an undefined function is OPA's 400 but an eval error here at the first query); no path
-conflict checks between data and rules; no bundles, metrics, explain or decision logs.
+Known differences from OPA, so tests don't rely on them: error locations carry no column (the Go
+engine's messages give `file:row` only); a data write is not checked against the rules (a conflict
+shows at the next query, as OPA's 400 compile error); no bundles, metrics, explain or decision logs.
 
-It runs in a process of its own, as an OPA sidecar does. (Not a thread of the test process: regorus
-engines must be dropped by the thread that made them, and the garbage collector frees objects caught
-in reference cycles, e.g. an engine held by a traceback, in whichever thread it happens to run.)
+It runs in a process of its own, as an OPA sidecar does, so going down and restarting are real.
 `OpaCompatServer` starts it and works its failure knobs through a second, control port:
 `fail_with(status)`, `hang(seconds)`, `heal()`, `go_down()` / `come_back()` (same port, same state),
-`restart()` (OPA keeps pushed policies and data in memory only: a restart loses them), `reset()`.
+`restart()` (OPA keeps pushed policies and data in memory only: a restart loses them), `reset()`;
+`stats()` counts the decision queries it answered (`data_queries`: GET or POST on /v1/data).
 By hand: `python tests/support/opa_compat.py --port 8181 [--control-port 8182]`.
 """
 
@@ -36,7 +40,6 @@ import argparse
 import asyncio
 import copy
 import json
-import os
 import re
 import socket
 import contextlib
@@ -47,7 +50,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import regorus
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -57,7 +59,8 @@ from starlette.types import Receive, Scope, Send
 __all__ = ["OpaCompatApp", "OpaCompatServer"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LOCATION = re.compile(r"-->\s*(?P<file>.+?):(?P<row>\d+):(?P<col>\d+)")
+#: One error in the Go engine's messages: `file:row: code: message` (Error() of OPA's ast.Error).
+_GO_ERROR = re.compile(r"(?P<file>[^\s:][^:\n]*):(?P<row>\d+): (?P<code>[a-z_]+_error): (?P<message>[^\n]*)")
 _PACKAGE = re.compile(r"^[ \t]*package[ \t]+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
 _MISSING = object()
 
@@ -69,16 +72,19 @@ def _error(status: int, code: str, message: str, errors: list[dict[str, Any]] | 
     return JSONResponse(body, status_code=status)
 
 
-def _engine_error(exc: BaseException, code: str, default_file: str = "") -> dict[str, Any]:
-    """A regorus error as one of OPA's detailed errors: {"code", "message", "location"}."""
-    text = str(exc).split("Stack backtrace:", 1)[0].strip()
-    messages = [line.split("error:", 1)[1].strip() for line in text.splitlines() if line.startswith("error:")]
-    error: dict[str, Any] = {"code": code, "message": messages[-1] if messages else text}
-    if match := _LOCATION.search(text):
-        error["location"] = {"file": match["file"], "row": int(match["row"]), "col": int(match["col"])}
-    elif default_file:
-        error["location"] = {"file": default_file, "row": 1, "col": 1}
-    return error
+def _engine_errors(exc: Any, code: str) -> list[dict[str, Any]]:
+    """The Go engine's error (opa_bindings.OpaError) as OPA's detailed errors: [{"code", "message", "location"}]."""
+    found = [
+        {"code": m["code"], "message": m["message"].strip(), "location": {"file": m["file"], "row": int(m["row"])}}
+        for m in _GO_ERROR.finditer(str(exc.message))
+    ]
+    return found or [{"code": code, "message": str(exc.message)}]
+
+
+def _opa_bindings() -> Any:
+    import opa_bindings  # here, not at the top: only the server process needs it
+
+    return opa_bindings
 
 
 def _query(path: list[str]) -> str:
@@ -105,9 +111,11 @@ class OpaCompatApp:
         self.data: dict[str, Any] = {}
         #: (method, path) of every request, for tests that assert what the adapter sent.
         self.requests: list[tuple[str, str]] = []
+        #: Decision queries answered (GET or POST on /v1/data), for tests that assert OPA was asked.
+        self.data_queries = 0
         #: Bumped on every change of policies or data; the compiled engine records the one it was built at.
         self._state = 0
-        self._engine: tuple[int, regorus.Engine] | None = None
+        self._engine: tuple[int, Any] | None = None
         self._fail: tuple[int, str, bytes] | None = None
         self._hang: tuple[float, str] | None = None
         self._generation = 0
@@ -134,7 +142,9 @@ class OpaCompatApp:
 
     def forget(self) -> None:
         self.policies, self.data, self._state = {}, {}, self._state + 1
+        self._use(None)
         self.requests.clear()
+        self.data_queries = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -180,7 +190,8 @@ class OpaCompatApp:
             if isinstance(failed := self._compile(modules, self.data), Response):
                 return failed
             self._state += 1
-            self.policies, self._engine = modules, (self._state, failed)
+            self.policies = modules
+            self._use(failed)
             return JSONResponse({})
         if pid not in self.policies:
             return _error(404, "resource_not_found", f'storage_not_found_error: policy id "{pid}"')
@@ -190,7 +201,8 @@ class OpaCompatApp:
         if isinstance(failed := self._compile(modules, self.data, code="invalid_operation"), Response):
             return failed
         self._state += 1
-        self.policies, self._engine = modules, (self._state, failed)
+        self.policies = modules
+        self._use(failed)
         return JSONResponse({})
 
     async def _data(self, request: Request) -> Response:
@@ -239,38 +251,42 @@ class OpaCompatApp:
             compiled = self._compile(self.policies, self.data)
             if isinstance(compiled, Response):
                 return compiled
-            self._engine = (self._state, compiled)
-        engine = self._engine[1]
+            self._use(compiled)
+        assert self._engine is not None
+        self.data_queries += 1
         try:
-            if "input" in document:
-                engine.set_input_json(json.dumps(document["input"]))
-            else:
-                engine = engine.clone()  # no input at all, not the previous request's
-            raw = json.loads(engine.eval_query_as_json(_query(path)))
-        except RuntimeError as exc:
-            code = "eval_conflict_error" if "conflict" in str(exc) else "eval_internal_error"
-            return _error(
-                500, "internal_error", "error(s) occurred while evaluating query", [_engine_error(exc, code)]
-            )
-        rows = raw.get("result") or []
+            # No "input" key: no input at all (None), not the previous request's.
+            rows = self._engine[1].eval_query(f"result := {_query(path)}", input=document.get("input"))
+        except _opa_bindings().OpaError as exc:
+            errors = _engine_errors(exc, "eval_internal_error")
+            return _error(500, "internal_error", "error(s) occurred while evaluating query", errors)
         if rows:
-            return JSONResponse({"result": rows[0]["expressions"][0]["value"], **extra})
+            return JSONResponse({"result": rows[0]["result"], **extra})
         return JSONResponse(extra)
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _compile(
-        self, modules: dict[str, str], data: dict[str, Any], *, code: str = "invalid_parameter"
-    ) -> regorus.Engine | Response:
-        engine = regorus.Engine()
-        for pid, raw in modules.items():
-            try:
+    def _compile(self, modules: dict[str, str], data: dict[str, Any], *, code: str = "invalid_parameter") -> Any:
+        """An OPA engine holding `modules` and `data`, compiled (parsed, type-checked) as OPA does on every
+        policy PUT; OPA's 400 with its errors if they do not compile."""
+        bindings = _opa_bindings()
+        engine = bindings.OpaEngine()
+        try:
+            for pid, raw in modules.items():
                 engine.add_policy(pid, raw)
-            except RuntimeError as exc:
-                error = _engine_error(exc, "rego_parse_error", default_file=pid)
-                return _error(400, code, "error(s) occurred while compiling module(s)", [error])
-        engine.add_data_json(json.dumps(data))
+            engine.add_data(data)
+            engine.eval_query("true")  # compiles every module: parse, type and conflict errors surface here
+        except bindings.OpaError as exc:
+            engine.close()
+            errors = _engine_errors(exc, "rego_compile_error")
+            return _error(400, code, "error(s) occurred while compiling module(s)", errors)
         return engine
+
+    def _use(self, engine: Any) -> None:
+        """Evaluate with `engine` (compiled at the current state) from now on; the previous one is closed."""
+        if self._engine is not None:
+            self._engine[1].close()
+        self._engine = None if engine is None else (self._state, engine)
 
     @staticmethod
     def _policy_doc(pid: str, raw: str) -> dict[str, Any]:
@@ -398,7 +414,14 @@ def _control(app: OpaCompatApp, listener: _Listener) -> Router:
     async def state(request: Request) -> Response:
         return JSONResponse({"policies": app.policies, "data": app.data, "requests": app.requests})
 
-    return Router(routes=[Route("/state", state, methods=["GET"]), Route("/{action}", knob, methods=["POST"])])
+    async def stats(request: Request) -> Response:
+        return JSONResponse({"data_queries": app.data_queries})
+
+    return Router(routes=[
+        Route("/state", state, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
+        Route("/{action}", knob, methods=["POST"]),
+    ])
 
 
 async def serve(host: str, port: int, control_port: int) -> None:
@@ -442,11 +465,12 @@ class OpaCompatServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
+        from support.opa_go import require_opa_bindings
+
+        require_opa_bindings()  # missing: fail, naming the install command (the server could only die)
         command = [sys.executable, __file__, "--host", self.host, "--port", str(self.port),
                    "--control-port", str(self.control_port)]
-        # No Rust backtraces: regorus captures one per error (~50 ms each) when RUST_BACKTRACE is set.
-        env = {**os.environ, "RUST_LIB_BACKTRACE": "0"}
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -498,6 +522,16 @@ class OpaCompatServer:
     def reset(self) -> None:
         """A fresh, healthy, listening OPA with no policies and no data."""
         self._knob("reset")
+
+    def stats(self) -> dict[str, int]:
+        """{"data_queries": n}: the queries on /v1/data it evaluated since it was started, restarted or reset."""
+        response = self._control.get("/stats")
+        response.raise_for_status()
+        return {name: int(value) for name, value in response.json().items()}
+
+    @property
+    def data_queries(self) -> int:
+        return self.stats()["data_queries"]
 
     def state(self) -> dict[str, Any]:
         response = self._control.get("/state")
