@@ -9,7 +9,7 @@ the server going away.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -30,14 +30,13 @@ from spendgate.db import create_engine, session_factory
 from spendgate.errors import Unavailable
 from spendgate.ledgers import LedgerRef, LedgerSnapshot, LedgerStore, charges_json
 from spendgate.migrate import upgrade
-from spendgate.periods import EPOCH
+from spendgate.periods import EPOCH, Duration, period_at
 from spendgate.settings import Settings
-from spendgate.tables import SpendEvent
+from spendgate.tables import SpendEvent, utcnow
 from support.services import RedisServer
 
 ADAPTERS = ["redis", "sql_postgres", "sql_sqlite"]
 TTL = 600
-DAY_START = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 @dataclass
@@ -55,8 +54,16 @@ def never_resets(name: str) -> LedgerRef:
     return LedgerRef("key", name, None, EPOCH, None)
 
 
-def daily(name: str) -> LedgerRef:
-    return LedgerRef("user", name, "1d", DAY_START, DAY_START + timedelta(days=1))
+#: `daily(name)`: a user's ledger in a calendar-day budget, for today (see the `daily` fixture).
+Daily = Callable[[str], LedgerRef]
+
+
+@pytest.fixture
+def daily() -> Daily:
+    """Ledgers of the UTC day this test started in, by the service's clock: fixed per test (never at
+    import, so a run that crosses midnight still holds its ledgers in the current period)."""
+    today = period_at(duration=Duration.parse("1d"), reset="calendar", anchor=EPOCH, at=utcnow())
+    return lambda name: LedgerRef("user", name, "1d", today.start, today.end)
 
 
 def decision(request_id: str, ledgers: Sequence[LedgerRef], amount: int, verdict: str = "allow") -> StoredDecision:
@@ -144,13 +151,13 @@ async def on_redis(redis_url: str, clean_pg: str) -> AsyncIterator[Harness]:
 # --- the contract ---------------------------------------------------------------------------
 
 
-async def test_ledgers_never_charged_read_as_nothing_spent_and_nothing_reserved(harness: Harness) -> None:
+async def test_ledgers_never_charged_read_as_nothing_spent_and_nothing_reserved(harness: Harness, daily: Daily) -> None:
     figures = await harness.counters.read([never_resets("k1"), daily("u1")])
 
     assert figures == {never_resets("k1").id: Figures(0, 0), daily("u1").id: Figures(0, 0)}
 
 
-async def test_an_allow_reserves_its_amount_on_every_held_ledger(harness: Harness) -> None:
+async def test_an_allow_reserves_its_amount_on_every_held_ledger(harness: Harness, daily: Daily) -> None:
     ledgers = [never_resets("k1"), daily("u1"), daily("team-a")]
 
     outcome = await authorize(harness.counters, "r1", [(ledgers[0], 100), (ledgers[1], None), (ledgers[2], 50)], 7)
@@ -159,7 +166,7 @@ async def test_an_allow_reserves_its_amount_on_every_held_ledger(harness: Harnes
     assert await harness.replica.read(ledgers) == {ref.id: Figures(0, 7) for ref in ledgers}
 
 
-async def test_one_ledger_without_room_refuses_the_reservation_on_every_ledger(harness: Harness) -> None:
+async def test_one_ledger_without_room_refuses_the_reservation_on_every_ledger(harness: Harness, daily: Daily) -> None:
     roomy, tight, unlimited = never_resets("k1"), daily("u1"), daily("org")
     await authorize(harness.counters, "r1", [(tight, 10)], 8)
 
@@ -174,7 +181,7 @@ async def test_one_ledger_without_room_refuses_the_reservation_on_every_ledger(h
     assert await harness.counters.prior_decision("r2") is None
 
 
-async def test_an_amount_that_exactly_fills_the_limit_is_admitted(harness: Harness) -> None:
+async def test_an_amount_that_exactly_fills_the_limit_is_admitted(harness: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     await authorize(harness.counters, "r1", [(ledger, 10)], 6)
 
@@ -182,7 +189,7 @@ async def test_an_amount_that_exactly_fills_the_limit_is_admitted(harness: Harne
     assert (await authorize(harness.counters, "r3", [(ledger, 10)], 1)).status == "no_room"
 
 
-async def test_a_zero_estimate_is_admitted_below_the_limit_and_refused_at_it(harness: Harness) -> None:
+async def test_a_zero_estimate_is_admitted_below_the_limit_and_refused_at_it(harness: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     await authorize(harness.counters, "r1", [(ledger, 10)], 9)
 
@@ -213,7 +220,7 @@ async def test_amounts_beyond_two_to_the_53_are_compared_exactly(harness: Harnes
     assert await harness.counters.read([near_int64]) == {near_int64.id: Figures(0, 9 * 10**18 + 1)}
 
 
-async def test_a_negative_amount_is_refused_before_anything_is_written(harness: Harness) -> None:
+async def test_a_negative_amount_is_refused_before_anything_is_written(harness: Harness, daily: Daily) -> None:
     ledger = daily("u1")
 
     with pytest.raises(ValueError, match="negative"):
@@ -221,7 +228,9 @@ async def test_a_negative_amount_is_refused_before_anything_is_written(harness: 
     assert await harness.counters.prior_decision("r1") is None
 
 
-async def test_repeating_an_authorize_returns_the_first_decision_and_reserves_nothing_more(harness: Harness) -> None:
+async def test_repeating_an_authorize_returns_the_first_decision_and_reserves_nothing_more(
+    harness: Harness, daily: Daily,
+) -> None:
     ledger = daily("u1")
     first = await authorize(harness.counters, "r1", [(ledger, 100)], 5)
 
@@ -232,7 +241,9 @@ async def test_repeating_an_authorize_returns_the_first_decision_and_reserves_no
     assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 5)}
 
 
-async def test_prior_and_read_gives_the_figures_before_a_decision_and_the_decision_after(harness: Harness) -> None:
+async def test_prior_and_read_gives_the_figures_before_a_decision_and_the_decision_after(
+    harness: Harness, daily: Daily,
+) -> None:
     ledgers = [never_resets("k1"), daily("u1")]
     await authorize(harness.counters, "earlier", [(ledgers[0], 100)], 7)
 
@@ -244,7 +255,7 @@ async def test_prior_and_read_gives_the_figures_before_a_decision_and_the_decisi
     assert prior == first.stored
 
 
-async def test_a_denial_is_stored_and_returned_as_the_duplicate(harness: Harness) -> None:
+async def test_a_denial_is_stored_and_returned_as_the_duplicate(harness: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     denial = decision("r1", [], 5, verdict="deny")
 
@@ -258,7 +269,7 @@ async def test_a_denial_is_stored_and_returned_as_the_duplicate(harness: Harness
     assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 0)}
 
 
-async def test_settle_releases_the_hold_once_and_shows_the_recorded_spend(harness: Harness) -> None:
+async def test_settle_releases_the_hold_once_and_shows_the_recorded_spend(harness: Harness, daily: Daily) -> None:
     ledgers = [never_resets("k1"), daily("u1")]
     await authorize(harness.counters, "r1", [(ref, 100) for ref in ledgers], 5)
     await authorize(harness.counters, "r2", [(ref, 100) for ref in ledgers], 4)
@@ -270,7 +281,9 @@ async def test_settle_releases_the_hold_once_and_shows_the_recorded_spend(harnes
     assert await harness.replica.read(ledgers) == {ref.id: Figures(3, 4) for ref in ledgers}
 
 
-async def test_a_reservation_released_by_expiry_is_not_released_again_by_its_record(harness: Harness) -> None:
+async def test_a_reservation_released_by_expiry_is_not_released_again_by_its_record(
+    harness: Harness, daily: Daily,
+) -> None:
     ledger = daily("u1")
     start = datetime.now(timezone.utc)
     await authorize(harness.counters, "late", [(ledger, 100)], 5, now=start, ttl=60)
@@ -295,7 +308,7 @@ async def test_expire_releases_only_reservations_whose_time_ran_out(harness: Har
     assert await harness.counters.prior_decision("short") is not None
 
 
-async def test_racing_expire_calls_release_each_reservation_exactly_once(harness: Harness) -> None:
+async def test_racing_expire_calls_release_each_reservation_exactly_once(harness: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     start = datetime.now(timezone.utc)
     for index in range(20):
@@ -311,7 +324,7 @@ async def test_racing_expire_calls_release_each_reservation_exactly_once(harness
     assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 2)}
 
 
-async def test_concurrent_replicas_never_admit_past_a_hard_limit(harness: Harness) -> None:
+async def test_concurrent_replicas_never_admit_past_a_hard_limit(harness: Harness, daily: Daily) -> None:
     shared, other = daily("team-a"), never_resets("k1")
     replicas = [harness.counters, harness.replica]
 
@@ -324,7 +337,7 @@ async def test_concurrent_replicas_never_admit_past_a_hard_limit(harness: Harnes
     assert await harness.counters.read([shared, other]) == {shared.id: Figures(0, 9), other.id: Figures(0, 9)}
 
 
-async def test_concurrent_repeats_of_one_authorize_reserve_once(harness: Harness) -> None:
+async def test_concurrent_repeats_of_one_authorize_reserve_once(harness: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     replicas = [harness.counters, harness.replica]
 
@@ -361,7 +374,9 @@ async def test_authorizes_racing_records_on_the_same_ledgers_never_deadlock(harn
 # --- Redis only: a cache must survive losing itself -------------------------------------------
 
 
-async def test_a_flushed_redis_rebuilds_spent_from_the_ledger_store(on_redis: Harness, redis_url: str) -> None:
+async def test_a_flushed_redis_rebuilds_spent_from_the_ledger_store(
+    on_redis: Harness, redis_url: str, daily: Daily,
+) -> None:
     ledger = daily("u1")
     await authorize(on_redis.counters, "r1", [(ledger, 10)], 8)
     await on_redis.counters.settle(request_id="r1", snapshots=await record(on_redis.store, "r1", [ledger], 7))
@@ -386,7 +401,7 @@ async def test_an_older_snapshot_never_overwrites_a_newer_one(on_redis: Harness)
     assert await on_redis.counters.read([ledger]) == {ledger.id: Figures(5, 0)}
 
 
-async def test_a_rebuild_never_replaces_a_newer_settled_spend(on_redis: Harness) -> None:
+async def test_a_rebuild_never_replaces_a_newer_settled_spend(on_redis: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     stale = LedgerSnapshot(ledger.id, 1, 1)
 
@@ -400,7 +415,7 @@ async def test_a_rebuild_never_replaces_a_newer_settled_spend(on_redis: Harness)
     assert await slow.read([ledger]) == {ledger.id: Figures(4, 0)}
 
 
-async def test_a_counter_deleted_under_an_open_hold_never_goes_negative(on_redis: Harness) -> None:
+async def test_a_counter_deleted_under_an_open_hold_never_goes_negative(on_redis: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     await authorize(on_redis.counters, "before", [(ledger, 100)], 5)
     await on_redis.clients[0].delete(f"sg:l:{ledger.id}")
@@ -412,7 +427,7 @@ async def test_a_counter_deleted_under_an_open_hold_never_goes_negative(on_redis
     assert await on_redis.counters.read([ledger]) == {ledger.id: Figures(0, 0)}
 
 
-async def test_windowed_counters_expire_after_their_period_and_others_never(on_redis: Harness) -> None:
+async def test_windowed_counters_expire_after_their_period_and_others_never(on_redis: Harness, daily: Daily) -> None:
     windowed, forever = daily("u1"), never_resets("k1")
     await authorize(on_redis.counters, "r1", [(windowed, None), (forever, None)], 1)
 
@@ -421,7 +436,9 @@ async def test_windowed_counters_expire_after_their_period_and_others_never(on_r
     assert await on_redis.clients[0].ttl(f"sg:l:{forever.id}") == -1
 
 
-async def test_an_unreachable_redis_is_reported_as_unavailable(on_redis: Harness, redis_server: RedisServer) -> None:
+async def test_an_unreachable_redis_is_reported_as_unavailable(
+    on_redis: Harness, redis_server: RedisServer, daily: Daily,
+) -> None:
     ledger = daily("u1")
     redis_server.kill()
     try:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from conftest import RunningApp
+from spendgate.settings import DEFAULT_POLICY_DIR
 from support.scenario import authorize, charged_entities, create, create_key, ledger, record
 from support.services import RedisServer
 
@@ -47,24 +51,111 @@ async def _redis_ledgers(app: RunningApp) -> dict[str, tuple[int, int]]:
 
 
 # 1. Symmetry --------------------------------------------------------------------------------------
+# Between authorize and record the attribution facts change so that the policy now names other
+# ledgers (a probe authorize shows it); the record still charges exactly the ledgers authorize
+# checked — read from the ledger rows themselves, not from the record's answer. The record also
+# carries the api_key, so re-attributing it would have been possible and is what must not happen.
 
-async def test_symmetry_record_charges_the_ledgers_authorize_checked_even_after_facts_change(
-    pg_app: RunningApp,
+COST = 80_000_000  # 0.08 USD in nano-USD
+
+
+@pytest.fixture(params=["postgres+redis", "sqlite"])
+def backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Database (and Redis) settings of each supported backend, for tests that start their own app."""
+    if request.param == "sqlite":
+        return {"database_url": request.getfixturevalue("sqlite_url")}
+    return {"database_url": request.getfixturevalue("clean_pg"), "redis_url": request.getfixturevalue("redis_url")}
+
+
+def _policies_with_team_keys_charging_the_user(tmp_path: Path) -> Path:
+    """A copy of the shipped policies with the knob `team_keys_charge_user` turned on."""
+    policy_dir = tmp_path / "policies"
+    shutil.copytree(DEFAULT_POLICY_DIR, policy_dir)
+    data = json.loads((policy_dir / "data.json").read_text())
+    assert data["spendgate"]["config"]["team_keys_charge_user"] is False
+    data["spendgate"]["config"]["team_keys_charge_user"] = True
+    (policy_dir / "data.json").write_text(json.dumps(data))
+    return policy_dir
+
+
+async def _spent_by_entity(app: RunningApp) -> dict[tuple[str, str], int]:
+    """Spent per entity, summed over its ledger rows (nano-USD), as the ledger store holds it."""
+    async with app.runtime.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT entity_type, entity_id, spent FROM ledgers"))).all()
+    spent: dict[tuple[str, str], int] = {}
+    for entity_type, entity_id, amount in rows:
+        spent[(entity_type, entity_id)] = spent.get((entity_type, entity_id), 0) + int(amount)
+    return spent
+
+
+async def _authorize_change_record(app: RunningApp, secret: str, change: Any) -> tuple[set[Any], set[Any]]:
+    """Authorize r1, apply `change` (admin calls), probe the new attribution, record r1.
+    Returns (the entities r1 checked, the entities a request is attributed to after the change)."""
+    request = {"api_key": secret, "end_user": "c1", "tags": ["t"]}
+    checked = await authorize(app.gateway, request_id="r1", estimated_cost="0.10", **request)
+    assert checked["decision"] == "allow", checked["reasons"]
+    await change()
+    probe = await authorize(app.gateway, request_id="probe", **request)
+    await record(app.gateway, request_id="r1", cost="0.08", outcome="success", **request)
+    return charged_entities(checked), charged_entities(probe)
+
+
+async def test_symmetry_a_personal_keys_record_charges_the_org_checked_even_after_its_user_moved_org(
+    any_app: RunningApp,
 ) -> None:
-    secret = await _team_setup(pg_app)
-    checked = await authorize(pg_app.gateway, request_id="r1", api_key=secret, end_user="c1", tags=["t"],
-                              estimated_cost="0.10")
-    # Between authorize and record the attribution facts change: the member leaves the team
-    # and the user moves org. Record must still charge exactly what was checked.
-    await pg_app.admin.delete("/v1/admin/teams/search/members/ada")
-    await create(pg_app.admin, "orgs", {"id": "other", "name": "Other"})
-    await pg_app.admin.patch("/v1/admin/users/ada", json={"org_id": "other"})
+    for org in ("acme", "other"):
+        await create(any_app.admin, "orgs", {"id": org, "name": org})
+    await create(any_app.admin, "users", {"id": "ada", "org_id": "acme"})
+    secret = await create_key(any_app.admin, id="k1", user_id="ada")
 
-    charged = await record(pg_app.gateway, request_id="r1", cost="0.08", outcome="success")
+    async def move_ada() -> None:
+        response = await any_app.admin.patch("/v1/admin/users/ada", json={"org_id": "other"})
+        assert response.status_code == 200, response.text
 
-    assert charged_entities(charged) == charged_entities(checked)
-    assert [c["window"] for c in charged["charges"]] == [c["window"] for c in checked["charges"]]
-    assert ("team_member", "search/ada") in charged_entities(charged)
+    checked, now_attributed = await _authorize_change_record(any_app, secret, move_ada)
+
+    assert checked == {("key", "k1"), ("user", "ada"), ("org", "acme"), ("end_user", "c1"), ("tag", "t")}
+    assert now_attributed == checked - {("org", "acme")} | {("org", "other")}
+    spent = await _spent_by_entity(any_app)
+    assert {entity: amount for entity, amount in spent.items() if amount} == dict.fromkeys(checked, COST)
+    assert spent.get(("org", "other"), 0) == 0
+
+
+async def test_symmetry_a_team_keys_record_charges_the_checked_user_member_and_orgs_after_they_changed(
+    app_factory: Any, backend: dict[str, str], tmp_path: Path
+) -> None:
+    """Under `team_keys_charge_user: true` a team key also charges its user and the user's org."""
+    app = await app_factory(**backend, policy_dir=_policies_with_team_keys_charging_the_user(tmp_path))
+    for org in ("acme", "labs", "other", "elsewhere"):
+        await create(app.admin, "orgs", {"id": org, "name": org})
+    await create(app.admin, "teams", {"id": "search", "name": "Search", "org_id": "acme"})
+    await create(app.admin, "users", {"id": "ada", "org_id": "labs"})
+    await create(app.admin, "teams/search/members", {"user_id": "ada"})
+    secret = await create_key(app.admin, id="k1", team_id="search", user_id="ada")
+
+    async def reorganise() -> None:
+        """Ada leaves the team and moves org; the team moves org too."""
+        for method, path, body in [
+            ("DELETE", "teams/search/members/ada", None),
+            ("PATCH", "users/ada", {"org_id": "other"}),
+            ("PATCH", "teams/search", {"org_id": "elsewhere"}),
+        ]:
+            response = await app.admin.request(method, f"/v1/admin/{path}", json=body)
+            assert response.status_code in (200, 204), response.text
+
+    checked, now_attributed = await _authorize_change_record(app, secret, reorganise)
+
+    assert checked == {
+        ("key", "k1"), ("team", "search"), ("team_member", "search/ada"), ("org", "acme"), ("user", "ada"),
+        ("org", "labs"), ("end_user", "c1"), ("tag", "t"),
+    }
+    assert now_attributed == {
+        ("key", "k1"), ("team", "search"), ("org", "elsewhere"), ("user", "ada"), ("org", "other"),
+        ("end_user", "c1"), ("tag", "t"),
+    }
+    spent = await _spent_by_entity(app)
+    assert {entity: amount for entity, amount in spent.items() if amount} == dict.fromkeys(checked, COST)
+    assert spent.get(("org", "other"), 0) == spent.get(("org", "elsewhere"), 0) == 0
 
 
 # 2. Exactly once ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from conftest import RunningApp
+from spendgate.metrics import RECONCILE_PROBLEMS
 from spendgate.reconcile import RedisReconciler, reconciler_for
 from spendgate.reconcile.periodic import reconcile_once
 from support.app import AppFactory
@@ -319,24 +320,59 @@ def _samples(metrics_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     }
 
 
-async def test_the_service_reconciles_periodically_and_exposes_the_drift_it_found(
+async def _watched_after_drift(app_factory: AppFactory, pg: str, redis_url: str, **settings: Any) -> RunningApp:
+    """A leaked 0.25 reserved on the user's counter, made through one replica; then a second replica
+    that reconciles every 0.2 s. Its runs all see the same state (no run overlaps the setup, whose
+    records may look like drift for an instant), so what they report is exactly that leak."""
+    setup = await app_factory(database_url=pg, redis_url=redis_url)
+    await _one_recorded_one_open(setup)
+    await _redis(setup).hincrby(f"sg:l:{USER}", "reserved", USD // 4)
+    return await app_factory(database_url=pg, redis_url=redis_url, reconcile_interval_seconds=0.2, **settings)
+
+
+async def _scrape_until(app: RunningApp, name: str, labels: tuple[tuple[str, str], ...] = ()) -> dict[Any, float]:
+    """Scrape /metrics until the counter `name` (with `labels`) has counted at least once."""
+    for _ in range(400):
+        samples = _samples((await app.anonymous.get("/metrics")).text)
+        if samples.get((name, labels), 0) >= 1:
+            return samples
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name}{dict(labels)} never counted: the periodic reconcile did not run")
+
+
+async def test_the_service_reconciles_periodically_and_repairs_the_drift_it_found(
     app_factory: AppFactory, clean_pg: str, redis_url: str,
 ) -> None:
-    app = await app_factory(database_url=clean_pg, redis_url=redis_url, reconcile_interval_seconds=0.2)
-    await _one_recorded_one_open(app)
-    await _redis(app).hincrby(f"sg:l:{USER}", "reserved", USD // 4)
+    app = await _watched_after_drift(app_factory, clean_pg, redis_url)
 
-    for _ in range(100):
-        samples = _samples((await app.anonymous.get("/metrics")).text)
-        if samples[("spendgate_reconcile_repairs_total", ())] >= 1:
-            break
-        await asyncio.sleep(0.05)
+    samples = await _scrape_until(app, "spendgate_reconcile_repairs_total")
 
     assert samples[("spendgate_reconcile_repairs_total", ())] == 1
-    assert samples[("spendgate_reconcile_runs_total", (("result", "drift"),))] >= 1
+    assert samples[("spendgate_reconcile_runs_total", (("result", "drift"),))] == 1
     assert int((await _hash(app, USER))["reserved"]) == USD // 2
-    # The gauges describe the last run: the drift that was found (and repaired), or none since.
-    drifting = samples[("spendgate_reconcile_drifting_ledgers", (("problem", "reserved"),))]
-    reserved_drift = samples[("spendgate_reconcile_reserved_drift_usd", ())]
-    assert (drifting, reserved_drift) in ((1, 0.25), (0, 0))
-    assert samples[("spendgate_reconcile_last_run_timestamp_seconds", ())] > 0
+
+
+async def test_the_service_exposes_the_drift_its_last_run_found_and_none_once_it_is_gone(
+    app_factory: AppFactory, clean_pg: str, redis_url: str,
+) -> None:
+    """Report-only (`reconcile_fix` off): every run finds the leak, so the gauges must show it —
+    not the zeros they start at, which a run that never set them would leave."""
+    app = await _watched_after_drift(app_factory, clean_pg, redis_url, reconcile_fix=False)
+
+    found = await _scrape_until(app, "spendgate_reconcile_runs_total", (("result", "drift"),))
+    drifting = {problem: found[("spendgate_reconcile_drifting_ledgers", (("problem", problem),))]
+                for problem in RECONCILE_PROBLEMS}
+    assert drifting == {problem: 1 if problem == "reserved" else 0 for problem in RECONCILE_PROBLEMS}
+    assert found[("spendgate_reconcile_reserved_drift_usd", ())] == 0.25
+    assert found[("spendgate_reconcile_spent_drift_usd", ())] == 0
+    assert found.get(("spendgate_reconcile_runs_total", (("result", "clean"),)), 0) == 0
+    assert found[("spendgate_reconcile_repairs_total", ())] == 0
+    assert found[("spendgate_reconcile_last_run_timestamp_seconds", ())] > 0
+    assert int((await _hash(app, USER))["reserved"]) == USD // 2 + USD // 4  # reported, not repaired
+
+    await reconciler_for(sessions=app.runtime.sessions, redis=_redis(app)).run(fix=True)
+    gone = await _scrape_until(app, "spendgate_reconcile_runs_total", (("result", "clean"),))
+
+    # Runs are sequential: once one has found the counters clean, every later one does too.
+    assert all(gone[("spendgate_reconcile_drifting_ledgers", (("problem", p),))] == 0 for p in RECONCILE_PROBLEMS)
+    assert gone[("spendgate_reconcile_reserved_drift_usd", ())] == 0
