@@ -12,7 +12,7 @@ FROM python:3.11.15-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # Exactly what the wheel is built from (.dockerignore keeps everything else out of the context).
-COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE ./
 COPY service ./service
 COPY policies ./policies
 COPY policy_tests ./policy_tests

@@ -7,12 +7,15 @@ saying what is wrong and which setting to check, and never a traceback.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import time
 import uuid
 from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import make_url
 
@@ -95,7 +98,8 @@ def test_policies_that_do_not_compile_stop_start_up_naming_the_file(tmp_path: Pa
     (broken / "broken.rego").write_text("package spendgate.broken\n\nallow if {\n", encoding="utf-8")
     result = _serve(tmp_path, SPENDGATE_POLICY_DIR=str(tmp_path / "policies"))
     line = _cause_line(result, "serve")
-    assert "broken.rego" in line and "does not compile" in line
+    assert result.stderr.strip().splitlines()[-1] == line  # one line: the source excerpt is not printed
+    assert "broken.rego" in line and "does not compile" in line and "spendgate policy check" in line
 
 
 def test_a_working_configuration_is_not_reported_as_a_start_up_failure(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -125,3 +129,38 @@ def test_version_prints_the_one_version_the_package_declares(tmp_path: Path) -> 
     assert version("spendgate") == spendgate.__version__  # pyproject reads it from spendgate/__init__.py
     app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'v.db'}"))
     assert app.version == spendgate.__version__
+
+
+def test_generated_tokens_go_to_a_private_file_not_to_a_log(tmp_path: Path) -> None:
+    """stderr that is not a terminal ends up in logs (Docker, journald): generated tokens must not be in it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDGATE_")}
+    env |= {"SPENDGATE_POLICY_RELOAD_SECONDS": "0", "SPENDGATE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'sg.db'}"}
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "spendgate", "serve", "--port", str(port)],
+                                   cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        tokens_file = tmp_path / ".spendgate-tokens"
+        deadline = time.monotonic() + 60
+        while True:  # ready when it answers; a process that exits first fails with its log
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
+        tokens = dict(line.split("=", 1) for line in tokens_file.read_text().splitlines())
+        assert set(tokens) == {"SPENDGATE_ADMIN_TOKEN", "SPENDGATE_GATEWAY_TOKEN"}
+        answer = httpx.get(f"http://127.0.0.1:{port}/v1/admin/orgs/nobody",
+                           headers={"Authorization": f"Bearer {tokens['SPENDGATE_ADMIN_TOKEN']}"}, timeout=5)
+        assert answer.status_code == 404  # the file's token is the one the service accepts
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    output = log.read_text()
+    assert str(tokens_file) in output
+    assert all(token not in output for token in tokens.values())

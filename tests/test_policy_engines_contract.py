@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -578,10 +577,9 @@ async def test_opa_slower_than_the_timeout_is_unavailable(
     engine = await make_engine("opa", real_policies, url=opa.url, timeout_seconds=0.3)
     opa.hang(10, path_prefix="/v1/data")
 
-    started = time.monotonic()
+    # Had it waited out the 10 s hang, OPA would have answered and no Unavailable would be raised.
     with pytest.raises(Unavailable, match="within 0.3s"):
         await engine.decide(personal_key())
-    assert time.monotonic() - started < 5  # gave up on the timeout, did not wait out the 10 s hang
 
 
 async def test_concurrent_decisions_against_a_hanging_opa_all_fail_within_their_own_timeout(
