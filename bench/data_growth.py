@@ -61,8 +61,10 @@ from pydantic import SecretStr
 from _common import cpu_seconds, fmt_ms, machine_busy_seconds, machine_summary, pct, postgres_pids, services
 from spendgate.api import create_app
 from spendgate.decisions.models import RecordRequest
-from spendgate.facts import _KEY_CHAIN_SQL, _NAMED_SQL
-from spendgate.ledgers import _PG_ADD_SPEND, charges_json
+from spendgate.facts_sql import KEY_CHAIN_SQL as _KEY_CHAIN_SQL
+from spendgate.facts_sql import NAMED_SQL as _NAMED_SQL
+from spendgate.ledger_store import _PG_ADD_SPEND
+from spendgate.ledgers import charges_json
 from spendgate.policy import load_policy_set
 from spendgate.settings import Settings
 

@@ -115,7 +115,7 @@ class Stack:
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [str(VENV_BIN / "spendgate"), "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--log-level", "warning"],
+                 "--log-level", "warning", "--workers", "1"],  # a replica is one process
                 env=self._env(), cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the bench only; it stops the replicas itself
             )

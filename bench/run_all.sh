@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measurement of bench/README.md "Results", in order, printing as it goes (about 9 minutes, plus
-# ~10 for `growth` — it seeds two databases of 1M spend events — and ~2 for `memory`).
+# ~5 for `floor` (needs `wrk`), ~10 for `growth` — it seeds two databases of 1M spend events — and ~2 for `memory`).
 # Output is also appended to $OUT/results.txt (default /tmp/spendgate-bench), with py-spy profiles there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,9 @@ if [ "${1:-all}" = all ] || [ "$1" = load ]; then
   run $PY bench/decisions.py --replicas 1 --rates 50,100,250 --duration 8
   run $PY bench/decisions.py --replicas 2 --closed-loop --concurrency 4,16,64 --duration 8
   run $PY bench/decisions.py --replicas 1 --closed-loop --concurrency 4,16,64 --duration 8
+fi
+if [ "${1:-all}" = all ] || [ "$1" = floor ]; then
+  run $PY bench/floor.py  # needs wrk (apt-get install -y wrk); ~5 minutes
 fi
 if [ "${1:-all}" = all ] || [ "$1" = growth ]; then
   run $PY bench/data_growth.py --plans

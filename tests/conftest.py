@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,9 +19,25 @@ from spendgate.migrate import upgrade
 from spendgate.settings import Settings, get_settings
 from support.app import ADMIN_TOKEN, GATEWAY_TOKEN, AppFactory, RunningApp
 from support.opa_compat import OpaCompatServer
-from support.services import RedisServer, create_database, drop_database
+from support.services import ALL_TABLES, RedisServer, create_database, drop_database
 
-ALL_TABLES = "spend_events, reservations, ledgers, budgets, keys, team_members, users, teams, orgs, end_users, tags"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No automatic garbage collection during the run: collect between tests, on the main thread.
+
+    regorus engines are unsendable: one dropped on another thread raises "Engine is unsendable, but
+    is being dropped on another thread". An engine caught in a reference cycle dies whenever the cyclic
+    collector runs — and automatic collection runs on whichever thread happens to allocate, such as
+    aiosqlite's connection threads. Collecting only here makes that deterministic.
+    """
+    gc.disable()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from conftest import RunningApp
+from support.app import RunningApp
 from support.scenario import authorize, create, create_key
 
 pytestmark = pytest.mark.asyncio

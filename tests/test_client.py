@@ -25,6 +25,7 @@ from spendgate.client import (
     BudgetDenied,
     CostNotSet,
     Guard,
+    Principal,
     RecordResult,
     RetryEvent,
     SpendgateClient,
@@ -170,6 +171,48 @@ async def test_allowed_request_reserves_then_record_charges_the_ledger_exactly(
     assert (result.recorded, result.duplicate) == (True, False)
     assert {c.amount for c in result.charges} == {Decimal("0.000000183")}
     assert await _key_ledger(admin, key_id) == (Decimal("0.000000183"), Decimal(0))
+
+
+async def test_usage_is_priced_by_the_service_when_no_cost_is_passed(
+    connect: Callable[..., Driver], admin: httpx.AsyncClient
+) -> None:
+    key_id, secret = await _key(admin)
+    client = connect()
+
+    authorization = await client.authorize(api_key=secret, model="gpt-4o",
+                                           usage={"input_tokens": 1_000, "max_output_tokens": 100})
+    assert authorization.reservation is not None
+    reserved = authorization.reservation.amount
+    result = await client.record(authorization.request_id, usage={"input_tokens": 1_000, "output_tokens": 10})
+    with pytest.raises(SpendgateRejected) as rejected:
+        await client.record(str(uuid.uuid4()), api_key=secret, model="acme-llm",
+                            usage={"input_tokens": 1, "output_tokens": 1})
+    with pytest.raises(ValueError, match="cost .* or usage"):
+        await client.record(authorization.request_id)
+
+    # gpt-4o at $2.50 / $10 per 1M tokens: 1000 in + 100 out reserved, 1000 in + 10 out charged.
+    assert reserved == Decimal("0.0035")
+    assert {c.amount for c in result.charges} == {Decimal("0.0026")}
+    assert (rejected.value.status, rejected.value.code) == (422, "unknown_price")
+    assert await _key_ledger(admin, key_id) == (Decimal("0.0026"), Decimal(0))
+
+
+async def test_a_principal_is_authorized_and_recorded_in_place_of_an_api_key(
+    connect: Callable[..., Driver], admin: httpx.AsyncClient
+) -> None:
+    suffix = uuid.uuid4().hex[:10]
+    principal = Principal(key=f"gw-{suffix}", user=f"u-{suffix}", team=f"t-{suffix}")
+    client = connect()
+
+    authorization = await client.authorize(principal=principal, estimated_cost=Decimal("0.02"))
+    assert authorization.allowed
+    charged = {(c.entity.type, c.entity.id) for c in authorization.charges}
+    assert {("key", principal.key), ("team", principal.team)} <= charged
+    await client.record(authorization.request_id, cost=Decimal("0.01"))
+    never_authorized = await client.record(str(uuid.uuid4()), cost=Decimal("0.005"), principal=principal)
+
+    assert ("team", principal.team) in {(c.entity.type, c.entity.id) for c in never_authorized.charges}
+    assert Decimal((await ledger(admin, f"teams/{principal.team}"))["spent"]) == Decimal("0.015")
 
 
 async def test_guard_records_the_cost_the_block_sets(connect: Callable[..., Driver], admin: httpx.AsyncClient) -> None:

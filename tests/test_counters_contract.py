@@ -28,7 +28,8 @@ from spendgate.counters import (
 )
 from spendgate.db import create_engine, session_factory
 from spendgate.errors import Unavailable
-from spendgate.ledgers import LedgerRef, LedgerSnapshot, LedgerStore, charges_json
+from spendgate.ledger_store import LedgerStore
+from spendgate.ledgers import LedgerRef, LedgerSnapshot, charges_json
 from spendgate.migrate import upgrade
 from spendgate.periods import EPOCH, Duration, period_at
 from spendgate.settings import Settings

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningApp
+from support.app import RunningApp
 from support.scenario import authorize, charged_entities, create, create_key, ledger, record
 
 pytestmark = pytest.mark.asyncio

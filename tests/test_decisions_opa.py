@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningApp
+from support.app import RunningApp
 from support.opa_compat import OpaCompatServer
 from support.scenario import authorize, create, create_key, record
 

@@ -4,7 +4,8 @@ Inputs follow policies/INTERFACE.md and tests/fixtures/team_key_input.json: unkn
 and service keys; users, teams, members and orgs, some blocked; end users and tags, known or not;
 expired keys (one nanosecond either side of `now`, beyond 2**53), model allow-lists, key×model
 ledgers; windowed and open-ended ledgers with spend on, just under and just over the limit; soft
-budgets; estimates null, zero or positive; both phases; every combination of the config knobs.
+budgets; estimates null, zero or positive; both phases; both identity sources (api_key, gateway); every
+combination of the config knobs.
 Both the whole result document and the validated `PolicyDecision` must be identical. The run is
 derandomized (the same 1,000 examples every time) and asserts the mix of outcomes it covered.
 """
@@ -12,6 +13,7 @@ derandomized (the same 1,000 examples every time) and asserts the mix of outcome
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from collections import Counter
@@ -26,7 +28,13 @@ from hypothesis import strategies as st
 from spendgate.money import format_nanos
 from spendgate.policy import PolicySet, load_policy_set
 from spendgate.policy.embedded import EmbeddedEngine, compile_policy_set
-from spendgate.policy.engine import DECISION_QUERY, decision_from_result
+from spendgate.policy.engine import (
+    DECISION_QUERY,
+    PRICING_PATH,
+    PRICING_QUERY,
+    decision_from_result,
+    quote_from_result,
+)
 from support.opa_go import OpaGoPolicies, with_config
 
 POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
@@ -149,6 +157,8 @@ def decision_inputs(draw: st.DrawFn) -> dict[str, Any]:
         ),
         "tags": [{"id": tag, "blocked": draw(_flag(trouble)), "known": draw(st.booleans())} for tag in tags],
         "ledgers": draw(st.permutations(ledgers)),
+        # Where the identity came from: a secret, or a principal the gateway asserted (identity.py).
+        "identity": {"source": draw(st.sampled_from(["api_key", "gateway"]))},
     }
 
 
@@ -214,3 +224,115 @@ def test_regorus_and_opa_give_identical_decisions_on_generated_inputs(
     assert {f"reason:{code}" for code in codes - {"policy_undefined"}} <= set(seen), seen
     assert "reason:policy_undefined" not in seen, seen  # every generated input gets a real decision
     assert seen["alert:soft_budget_crossed"] > 0, seen
+
+
+# -- pricing: data.spendgate.pricing.result -----------------------------------------------------------
+
+PRICING_EXAMPLES = 600
+MAX_TOKENS = 1_000_000_000
+#: Prices (nano-USD per 1M tokens) at every edge the arithmetic splits on: 0, 1, around 1e6 (one
+#: nano-USD per token), LiteLLM-like values and the largest allowed (1e12).
+_EDGE_PRICES = [0, 1, 7, 333_333, 999_999, 1_000_000, 1_000_001, 150_000_000, 2_500_000_000, 75_000_000_000,
+                999_999_999_999, 1_000_000_000_000]
+_PRICE_ROWS: dict[str, dict[str, Any]] = {
+    **{f"m{i}": {"input": p, "output": _EDGE_PRICES[-1 - i], "cached_input": _EDGE_PRICES[(i + 3) % 12],
+                 "reasoning": _EDGE_PRICES[(i + 7) % 12]} for i, p in enumerate(_EDGE_PRICES)},
+    "plain": {"input": 2_500_000_000, "output": 10_000_000_000},  # cached and reasoning at input and output price
+    "broken": {"input": 1, "output": 1_000_000_000_001},  # over the largest price: invalid_price
+}
+_ADJUSTMENTS = {
+    "end_user": {"cust-9": 2_000}, "key": {"k1": -10_000}, "team": {"t1": -1_500, "t2": 10_000},
+    "org": {"o1": 3_333, "o2": 10_001}, "user": {"u1": -1},
+}
+
+
+def _expected_price(model: str, usage: dict[str, int], entities: set[tuple[str, str]]) -> dict[str, Any]:
+    """The pricing rule, written again with Python integers: the oracle both engines must match."""
+    row = _PRICE_ROWS[model.split("/", 1)[1] if model not in _PRICE_ROWS else model]
+    lines = {
+        "input": (usage["input_tokens"] - usage["cached_input_tokens"], row["input"]),
+        "cached_input": (usage["cached_input_tokens"], row.get("cached_input", row["input"])),
+        "output": (usage["output_tokens"] - usage["reasoning_tokens"], row["output"]),
+        "reasoning": (usage["reasoning_tokens"], row.get("reasoning", row["output"])),
+    }
+    list_cost = -(-sum(tokens * price for tokens, price in lines.values()) // 10**6)
+    precedence = ["end_user", "key", "team_member", "user", "team", "org", "tag"]
+    matches = sorted((precedence.index(t), i, _ADJUSTMENTS[t][i]) for t, i in entities if i in _ADJUSTMENTS.get(t, {}))
+    adjustment = None
+    cost = list_cost
+    if matches:
+        rank, entity_id, bp = matches[0]
+        adjustment = {"entity": {"type": precedence[rank], "id": entity_id}, "basis_points": bp}
+        cost = -(-list_cost * (10_000 + bp) // 10_000)
+    return {"priced": True, "model": model.split("/", 1)[-1] if model not in _PRICE_ROWS else model,
+            "cost": cost, "list_cost": list_cost, "adjustment": adjustment}
+
+
+@st.composite
+def pricing_inputs(draw: st.DrawFn) -> dict[str, Any]:
+    """Usage at token-count edges (0, 1, 999_999, 10**6, 10**6 + 1, the largest), on a table model,
+    a provider-prefixed one, an unknown one or none; charged entities given, or found by attribution."""
+    counts = st.sampled_from([0, 1, 999_999, 1_000_000, 1_000_001, MAX_TOKENS - 1, MAX_TOKENS]) | st.integers(
+        0, MAX_TOKENS)
+    input_tokens, output_tokens = draw(counts), draw(counts)
+    usage = {
+        "input_tokens": input_tokens, "output_tokens": output_tokens,
+        "cached_input_tokens": draw(st.sampled_from([0, input_tokens]) | st.integers(0, input_tokens)),
+        "reasoning_tokens": draw(st.sampled_from([0, output_tokens]) | st.integers(0, output_tokens)),
+    }
+    if draw(st.sampled_from([False] * 19 + [True])):
+        usage[draw(st.sampled_from(sorted(usage)))] = draw(st.sampled_from([-1, MAX_TOKENS + 1, 1.5, "7"]))
+    model = draw(st.sampled_from(sorted(_PRICE_ROWS) * 3 + ["openai/m3", "anthropic/plain", "zz", None]))
+    if draw(st.booleans()):
+        pool = [("key", "k1"), ("team", "t1"), ("team", "t2"), ("org", "o1"), ("org", "o2"), ("user", "u1"),
+                ("end_user", "cust-9"), ("end_user", "cust-1"), ("tag", "search"), ("team_member", "t1/u1")]
+        charged = draw(st.lists(st.sampled_from(pool), max_size=5))
+        return {"request": {"model": model, "usage": usage}, "charged": [{"type": t, "id": i} for t, i in charged]}
+    doc = draw(decision_inputs())
+    return {**doc, "request": {**doc["request"], "model": model, "usage": usage}}
+
+
+@pytest.fixture(scope="module")
+def pricing_engines() -> Iterator[_Engines]:
+    policies = load_policy_set(POLICY_DIR)
+    data = json.loads(json.dumps(policies.data))
+    data["spendgate"]["pricing"] = {"prices": _PRICE_ROWS, "adjustments": _ADJUSTMENTS}
+    made = _Engines(dataclasses.replace(policies, data=data))
+    yield made
+    made.opa.close()
+
+
+def test_regorus_and_opa_price_generated_usage_identically_and_exactly(pricing_engines: _Engines) -> None:
+    seen: Counter[str] = Counter()
+    loop = asyncio.new_event_loop()
+    pair = pricing_engines
+
+    @settings(max_examples=PRICING_EXAMPLES, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(input_doc=pricing_inputs())
+    def check(input_doc: dict[str, Any]) -> None:
+        pair.regorus.set_input_json(json.dumps(input_doc))
+        rows = json.loads(pair.regorus.eval_query_as_json(PRICING_QUERY)).get("result") or []
+        by_regorus = rows[0]["expressions"][0]["value"] if rows else None
+        by_opa = pair.opa.query(PRICING_PATH, input_doc)
+        assert by_opa == by_regorus
+        quote = loop.run_until_complete(pair.embedded.price(input_doc))
+        assert quote_from_result(by_opa, revision=pair.revision) == quote
+        seen["priced" if quote.priced else f"code:{quote.code}"] += 1
+        if quote.priced:
+            entities = {(e["type"], e["id"]) for e in input_doc["charged"]} if "charged" in input_doc else {
+                (e["type"], e["id"]) for e in pair.opa.query(("spendgate", "attribution", "entities"), input_doc)}
+            assert by_regorus == _expected_price(input_doc["request"]["model"], input_doc["request"]["usage"], entities)
+            seen["adjusted" if quote.adjustment else "list"] += 1
+            seen["over 2**53 femto-USD"] += int(quote.list_cost is not None and quote.list_cost * 10**6 > 2**53)
+
+    try:
+        check()
+    finally:
+        loop.close()
+
+    assert sum(seen[k] for k in seen if k == "priced" or k.startswith("code:")) >= PRICING_EXAMPLES
+    assert seen["priced"] >= PRICING_EXAMPLES // 2, seen
+    codes = {"code:unknown_price", "code:invalid_usage", "code:invalid_price", "code:invalid_adjustment"}
+    assert codes <= set(seen), seen
+    assert min(seen["adjusted"], seen["list"], seen["over 2**53 femto-USD"]) > 0, seen

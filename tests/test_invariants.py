@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from conftest import RunningApp
+from support.app import RunningApp
 from spendgate.settings import DEFAULT_POLICY_DIR
 from support.scenario import authorize, charged_entities, create, create_key, ledger, record
 from support.services import RedisServer

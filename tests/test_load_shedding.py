@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from decimal import Decimal
 
-from conftest import RunningApp
+from support.app import RunningApp
 from support.app import AppFactory
 from support.scenario import authorize, create_key, record
 from test_metrics import scrape, value

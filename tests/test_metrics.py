@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import RunningApp
+from support.app import RunningApp
 from spendgate.metrics import Metrics
 from support.app import AppFactory
 from support.scenario import authorize, create_key, record

@@ -87,6 +87,11 @@ def test_the_wheel_is_named_for_the_one_version_and_carries_lua_and_policies(ins
     assert "spendgate/counters/lua/commit.lua" in names
     assert "spendgate/_bundled/policies/data.json" in names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "spendgate/tests/"))]
+    console = Path(spendgate.__file__).parent / "console"
+    shipped = {f"spendgate/{p.relative_to(console.parent).as_posix()}" for p in console.rglob("*")
+               if p.is_file() and p.parent.name in ("templates", "static", "vendor")}
+    assert "spendgate/console/static/vendor/uPlot.LICENSE" in shipped and len(shipped) > 10
+    assert shipped <= names, f"console files missing from the wheel: {sorted(shipped - names)}"
 
 
 def test_version_prints_the_package_version(installed: Installed) -> None:

@@ -43,6 +43,7 @@ def test_there_are_policy_tests_for_every_package() -> None:
         "spendgate.attribution_test",
         "spendgate.admission_test",
         "spendgate.decision_test",
+        "spendgate.pricing_test",
     }
 
 
@@ -50,7 +51,7 @@ def test_policy_tests_reach_every_line_of_the_policies() -> None:
     report = run_policy_tests(POLICIES, POLICY_TESTS, coverage=True)
     assert report.ok
     files = {Path(c.path).name for c in report.coverage}
-    assert files == {"lib.rego", "attribution.rego", "admission.rego", "decision.rego"}
+    assert files == {"lib.rego", "attribution.rego", "admission.rego", "decision.rego", "pricing.rego"}
     uncovered = {c.path: c.not_covered for c in report.coverage if c.percent < 100.0}
     assert not uncovered, f"policy lines no test reaches: {uncovered}"
 

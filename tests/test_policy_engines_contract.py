@@ -13,12 +13,14 @@ tests/test_policy_engines_contract.py -k latency -s -q
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timezone
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,7 +31,7 @@ from spendgate.errors import PolicyError, Unavailable
 from spendgate.money import format_nanos, to_nanos
 from spendgate.policy import PolicyDecision, PolicySet, load_policy_set
 from spendgate.policy.embedded import EmbeddedEngine, compile_policy_set
-from spendgate.policy.engine import DECISION_PATH, DECISION_QUERY
+from spendgate.policy.engine import DECISION_PATH, DECISION_QUERY, PriceQuote
 from spendgate.policy.opa import POLICY_ID_PREFIX, OpaEngine, policy_id
 from support.opa_compat import OpaCompatServer
 
@@ -679,3 +681,101 @@ async def test_readiness(adapter: str, make_engine: MakeEngine, real_policies: P
 def test_an_opa_url_with_a_path_is_refused(real_policies: PolicySet) -> None:
     with pytest.raises(ValueError, match="no path"):
         OpaEngine("http://opa:8181/v1", real_policies)
+
+
+# -- the pricing question (data.spendgate.pricing.result) ---------------------------------------
+
+
+def pricing_input(model: str | None, *, charged: list[dict[str, str]] | None = None, **usage: int) -> dict[str, Any]:
+    return {"request": {"model": model, "usage": usage}, "charged": charged or []}
+
+
+async def test_both_adapters_price_usage_from_the_shipped_table_alike(
+    adapter: str, make_engine: MakeEngine, real_policies: PolicySet
+) -> None:
+    engine = await make_engine(adapter, real_policies)
+    row = real_policies.data["spendgate"]["pricing"]["prices"]["gpt-4o"]
+    usage = {"input_tokens": 123_457, "cached_input_tokens": 1_000, "output_tokens": 9_999}
+
+    quote = await engine.price(pricing_input("gpt-4o", **usage))
+
+    femtos = Decimal(122_457) * row["input"] + Decimal(1_000) * row["cached_input"] + Decimal(9_999) * row["output"]
+    nanos = int((femtos / 10**6).to_integral_value(ROUND_CEILING))
+    assert quote == PriceQuote(True, "gpt-4o", nanos, nanos, None, None, None, real_policies.revision)
+    assert quote == await EmbeddedEngine(real_policies).price(pricing_input("gpt-4o", **usage))
+
+
+async def test_both_adapters_apply_an_adjustment_of_a_charged_entity(
+    adapter: str, make_engine: MakeEngine, real_policies: PolicySet
+) -> None:
+    data = json.loads(json.dumps(real_policies.data))
+    data["spendgate"]["pricing"]["adjustments"] = {"team": {"t1": -2500}}
+    engine = await make_engine(adapter, dataclasses.replace(real_policies, data=data))
+
+    quote = await engine.price(pricing_input("gpt-4o", charged=[{"type": "team", "id": "t1"}], input_tokens=1_000_000))
+
+    assert (quote.list_cost, quote.cost) == (2_500_000_000, 1_875_000_000)
+    assert quote.adjustment == {"entity": {"type": "team", "id": "t1"}, "basis_points": -2500}
+
+
+async def test_both_adapters_answer_unknown_price_for_a_model_the_table_lacks(
+    adapter: str, make_engine: MakeEngine, real_policies: PolicySet
+) -> None:
+    engine = await make_engine(adapter, real_policies)
+
+    quote = await engine.price(pricing_input("no-such-model", input_tokens=5))
+
+    assert (quote.priced, quote.code, quote.model, quote.cost) == (False, "unknown_price", "no-such-model", None)
+
+
+async def test_an_undefined_price_is_a_policy_error_not_zero(
+    adapter: str, make_engine: MakeEngine, tmp_path: Path
+) -> None:
+    policies = policy_dir(tmp_path, {"d.rego": GOOD_RESULT})
+    engine = await make_engine(adapter, policies)
+
+    with pytest.raises(PolicyError, match="result is undefined"):
+        await engine.price(pricing_input("gpt-4o", input_tokens=1))
+
+
+@pytest.mark.parametrize("result", [
+    '{"priced": true, "model": "m", "cost": 1.5, "list_cost": 1, "adjustment": null}',
+    '{"priced": true, "model": "m", "cost": -1, "list_cost": 1, "adjustment": null}',
+    '{"priced": true, "model": "m", "cost": "1", "list_cost": 1, "adjustment": null}',
+    '{"priced": true, "model": null, "cost": 1, "list_cost": 1, "adjustment": null}',
+    '{"priced": true, "model": "m", "cost": 1, "list_cost": 1, "adjustment": 5}',
+    '{"priced": false, "model": "m"}',
+    '{"cost": 1}',
+    '[1]',
+])
+async def test_a_malformed_price_is_a_policy_error_not_zero(
+    adapter: str, make_engine: MakeEngine, tmp_path: Path, result: str
+) -> None:
+    pricing = f"package spendgate.pricing\n\nresult := {result}\n"
+    policies = policy_dir(tmp_path, {"d.rego": GOOD_RESULT, "p.rego": pricing})
+    engine = await make_engine(adapter, policies)
+
+    with pytest.raises(PolicyError, match="no usable price"):
+        await engine.price(pricing_input("m", input_tokens=1))
+
+
+async def test_fail_open_prices_in_process_on_the_same_set_while_opa_is_down(
+    opa: OpaCompatServer, make_engine: MakeEngine, real_policies: PolicySet
+) -> None:
+    engine = await make_engine("opa", real_policies, url=opa.url, fail_open=True, timeout_seconds=0.5)
+    doc = pricing_input("claude-sonnet-4-5", input_tokens=77, output_tokens=3)
+    expected = await EmbeddedEngine(real_policies).price(doc)
+
+    opa.go_down()
+
+    assert await engine.price(doc) == expected
+
+
+async def test_opa_down_while_pricing_is_unavailable(
+    opa: OpaCompatServer, make_engine: MakeEngine, real_policies: PolicySet
+) -> None:
+    engine = await make_engine("opa", real_policies, url=opa.url)
+
+    opa.go_down()
+    with pytest.raises(Unavailable, match="opa is unavailable"):
+        await engine.price(pricing_input("gpt-4o", input_tokens=1))

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningApp
+from support.app import RunningApp
 from spendgate.errors import PolicyTestsFailed
 from spendgate.policy.loader import load_policy_set
 from spendgate.policy.reload import PolicyReloader

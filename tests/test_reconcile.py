@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from conftest import RunningApp
+from support.app import RunningApp
 from spendgate.metrics import RECONCILE_PROBLEMS
 from spendgate.reconcile import RedisReconciler, reconciler_for
 from spendgate.reconcile.periodic import reconcile_once

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.db import create_engine, session_factory
 from spendgate.errors import Unavailable
-from spendgate.ledgers import LedgerRef, LedgerStore, RecordedSpend, charges_json
+from spendgate.ledger_store import LedgerStore, RecordedSpend
+from spendgate.ledgers import LedgerRef, charges_json
 from spendgate.periods import EPOCH
 from spendgate.settings import Settings
 from spendgate.tables import SpendEvent

@@ -12,21 +12,22 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import SpendgateError
+from .errors import PolicyError, SpendgateError
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import Receive, Scope, Send
 
-__all__ = ["main"]
+__all__ = ["main", "worker_app"]
 
 
 def _settings_or_exit() -> Settings:
@@ -41,7 +42,10 @@ def _settings_or_exit() -> Settings:
 
 
 def _cannot_start(command: str, exc: SpendgateError) -> int:
-    print(f"spendgate {command}: cannot start: {exc.message}", file=sys.stderr)
+    """One line naming the cause; a longer message (a compile error's source excerpt) is a command away."""
+    first, *rest = exc.message.strip().splitlines() or [""]
+    more = "; run `spendgate policy check` for the full message" if rest and isinstance(exc, PolicyError) else ""
+    print(f"spendgate {command}: cannot start: {first.rstrip(';: ')}{more}", file=sys.stderr)
     return 1
 
 
@@ -53,8 +57,9 @@ class _StartupGuard:
     as one line; anything else still propagates to uvicorn, traceback and all, as the bug it is.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, on_failure: Callable[[SpendgateError], object] | None = None) -> None:
         self.app = app
+        self.on_failure = on_failure
         self.failure: SpendgateError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,11 +72,98 @@ class _StartupGuard:
                 await stack.enter_async_context(self.app.router.lifespan_context(self.app))
             except SpendgateError as exc:
                 self.failure = exc
+                if self.on_failure is not None:
+                    self.on_failure(exc)
                 await send({"type": "lifespan.startup.failed", "message": ""})
                 return
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
         await send({"type": "lifespan.shutdown.complete"})
+
+
+#: Where generated tokens go when stderr is not a terminal (a container or service log keeps stderr).
+GENERATED_TOKENS_FILE = Path(".spendgate-tokens")
+
+
+def _hand_over_generated_tokens(settings: Settings, generated: Sequence[str]) -> None:
+    """Show freshly generated tokens to the person starting the service, and to no log.
+
+    On a terminal they are printed once. Elsewhere stderr usually ends up in a log (Docker's log
+    driver, journald), so they go to a file only the current user can read, and stderr names the file.
+    """
+    lines = [f"SPENDGATE_{name.upper()}={getattr(settings, name).get_secret_value()}" for name in generated]
+    if sys.stderr.isatty():
+        for line in lines:
+            print(f"{line}  (generated; set it in the environment to keep it)", file=sys.stderr)
+        return
+    path = GENERATED_TOKENS_FILE.resolve()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        sys.exit(
+            f"spendgate serve: cannot start: SPENDGATE_ADMIN_TOKEN and SPENDGATE_GATEWAY_TOKEN are not set, and the "
+            f"generated ones could not be written to {path} ({exc.strerror}); set both in the environment"
+        )
+    print(f"spendgate serve: generated tokens written to {path} (readable by you only); "
+          "set SPENDGATE_ADMIN_TOKEN and SPENDGATE_GATEWAY_TOKEN to choose your own", file=sys.stderr)
+
+
+def _worker_count(requested: int | None, settings: Settings) -> int:
+    """Worker processes for `serve`: as asked, else one per core — but one on SQLite.
+
+    Every replica invariant holds between workers as between replicas: all shared state is in the
+    database or Redis. SQLite, though, has one writer for the whole file: more processes only queue
+    on its lock (and time out on it), so the embedded default always runs one.
+    """
+    if settings.is_postgres:
+        return max(requested or os.cpu_count() or 1, 1)
+    if requested is not None and requested > 1:
+        print(f"spendgate serve: starting 1 worker, not {requested}: the embedded SQLite database has one "
+              "writer; set SPENDGATE_DATABASE_URL to PostgreSQL to use several workers", file=sys.stderr)
+    return 1
+
+
+def _die_with_supervisor() -> None:
+    """A worker dies with the process that started it (Linux): a killed `serve` leaves no worker behind
+    still answering on its port, as one process would not."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def worker_app() -> _StartupGuard:
+    """The app factory uvicorn imports in each worker of `serve --workers N` (settings from the environment)."""
+    _die_with_supervisor()
+    _configure_logging()  # as `main` does in a single-process serve (the decision log is INFO)
+    from .api import create_app
+
+    return _StartupGuard(create_app(_settings_or_exit()), on_failure=lambda exc: _cannot_start("serve", exc))
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings, generated: list[str], workers: int) -> int:
+    """Several uvicorn workers, each with its own lifespan (connections, sweeper, reloader)."""
+    import uvicorn
+
+    from .runtime import open_runtime
+
+    async def check() -> None:
+        async with open_runtime(settings):  # policies, database (migrated once, here), Redis
+            pass
+
+    try:
+        asyncio.run(check())  # the operator's mistakes as one line, before any worker starts
+    except SpendgateError as exc:
+        return _cannot_start("serve", exc)
+    for name in generated:  # the workers read the settings from the environment: the same tokens
+        os.environ[f"SPENDGATE_{name.upper()}"] = getattr(settings, name).get_secret_value()
+    uvicorn.run("spendgate.cli:worker_app", factory=True, workers=workers, host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -80,10 +172,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .api import create_app
 
     settings, generated = _settings_or_exit().with_generated_tokens()
-    for name in generated:
-        secret = getattr(settings, name).get_secret_value()
-        # Printed once, to the terminal only, so a first-time user can call the API; never logged.
-        print(f"SPENDGATE_{name.upper()}={secret}  (generated; set it in the environment to keep it)", file=sys.stderr)
+    if generated:
+        _hand_over_generated_tokens(settings, generated)
+    workers = _worker_count(args.workers, settings)
+    if workers > 1:
+        return _serve_workers(args, settings, generated, workers)
     guard = _StartupGuard(create_app(settings))
     try:
         uvicorn.run(guard, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
@@ -145,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="worker processes (default: one per core; always 1 on SQLite)")
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
@@ -161,15 +256,27 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--format", choices=["text", "json"], default="text")
     reconcile.set_defaults(run=_reconcile)
 
+    from .reports.cli import add_report_command
+
+    add_report_command(commands)
+
     from .policy.cli import add_policy_commands
 
     add_policy_commands(commands)
+
+    from .pricing.cli import add_prices_commands
+
+    add_prices_commands(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # 7 "setup plugin" lines per run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging()
     args = build_parser().parse_args(argv)
     try:
         code = int(args.run(args) or 0)

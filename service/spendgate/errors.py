@@ -2,7 +2,9 @@
 
     SpendgateError                   500 internal_error (never shows internals)
     ├── Unauthorized                 401 unauthorized
+    ├── Forbidden                    403 forbidden         (a console change without a valid session / CSRF token)
     ├── InvalidRequest               422 invalid_request   (names the field)
+    ├── UnknownPrice                 422 unknown_price     (usage for a model the price table lacks)
     ├── NotFound                     404 not_found
     ├── MethodNotAllowed             405 method_not_allowed (the route exists, not with this method)
     ├── Conflict                     409 conflict
@@ -23,7 +25,9 @@ from typing import Any, ClassVar
 __all__ = [
     "SpendgateError",
     "Unauthorized",
+    "Forbidden",
     "InvalidRequest",
+    "UnknownPrice",
     "NotFound",
     "MethodNotAllowed",
     "Conflict",
@@ -61,6 +65,14 @@ class Unauthorized(SpendgateError):
         )
 
 
+class Forbidden(SpendgateError):
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(f"{reason}; reload the console page (sign in again if asked) and retry")
+
+
 class InvalidRequest(SpendgateError):
     status = 422
     code = "invalid_request"
@@ -68,6 +80,20 @@ class InvalidRequest(SpendgateError):
     def __init__(self, *, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+
+class UnknownPrice(SpendgateError):
+    """Usage sent without an explicit cost for a model the price table (policy data) has no price for."""
+
+    status = 422
+    code = "unknown_price"
+
+    def __init__(self, *, model: str | None, reason: str, cost_field: str) -> None:
+        super().__init__(
+            f"{reason}. Send {cost_field} explicitly, or add the model to the price table "
+            "(policies/spendgate/pricing/data.json; `spendgate prices refresh --model NAME` copies LiteLLM's price)"
+        )
+        self.model = model
 
 
 class NotFound(SpendgateError):

@@ -4,28 +4,43 @@ The key chain (key, user, team, membership, orgs) and every budget the request c
 come from ONE indexed query by key hash; end users and tags named by the request are a second
 small query only when the request names any. Results are cached per process for at most
 `facts_cache_seconds` (≤ 1 s), which is how an admin change reaches every replica in time.
+
+A gateway-asserted principal (identity.py) is looked up by ids instead, with the same row shape:
+the key, user, team and membership it names, the org it asserts (or else the stored ones), and
+their budgets. The asserted team, user and org are the request's facts even where stored rows
+say otherwise. When an entity it names does not exist yet, it is created and the facts read again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import JSON, Boolean, String, bindparam, text
+from sqlalchemy import TextualSelect
+from sqlalchemy.exc import IntegrityError
 
 from .budgets import BudgetSpec
 from .db import SessionFactory, execute_core, wrap_database_errors
+from .facts_sql import KEY_CHAIN_SQL, NAMED_SQL, PRINCIPAL_SQL
+from .first_sight import create_on_first_sight
+from .identity import DefaultBudgets, Principal, parse_default_budgets
 from .keys import hash_secret
 from .periods import EPOCH
 from .settings import Settings
-from .tables import UtcDateTime
+from .tables import utcnow
 
-__all__ = ["BudgetWindow", "EntityFacts", "KeyFacts", "RequestFacts", "FactsCache"]
+__all__ = ["BudgetWindow", "EntityFacts", "KeyFacts", "RequestFacts", "FactsCache", "IdentitySource"]
+
+log = logging.getLogger("spendgate.facts")
+
+#: Where the caller's identity came from: a Spendgate secret, or a principal the gateway asserted.
+IdentitySource = Literal["api_key", "gateway"]
 
 
 class BudgetWindow(NamedTuple):
@@ -68,6 +83,7 @@ class RequestFacts:
     key_model: EntityFacts | None = None
     end_user: EntityFacts | None = None
     tags: tuple[EntityFacts, ...] = ()
+    identity_source: IdentitySource = "api_key"
 
     def entities(self) -> list[EntityFacts]:
         """Every entity the request could be charged to, key first."""
@@ -76,46 +92,6 @@ class RequestFacts:
             self.key_model, self.user, self.team, self.team_member, *self.orgs, self.end_user, *self.tags,
         ]
         return [entity for entity in found if entity is not None]
-
-
-_KEY_CHAIN_SQL = text(
-    """
-    SELECT k.id AS k_id, k.user_id AS k_user, k.team_id AS k_team, k.blocked AS k_blocked,
-           k.expires_at AS k_expires, k.models AS k_models,
-           u.id AS u_id, u.org_id AS u_org, u.blocked AS u_blocked,
-           t.id AS t_id, t.org_id AS t_org, t.blocked AS t_blocked,
-           m.team_id AS m_team, m.blocked AS m_blocked,
-           o.id AS o_id, o.blocked AS o_blocked,
-           b.id AS b_id, b.entity_type AS b_type, b.entity_id AS b_entity, b.max_budget AS b_max,
-           b.soft_budget AS b_soft, b.duration AS b_duration, b.reset AS b_reset, b.set_at AS b_set_at
-    FROM keys k
-    LEFT JOIN users u ON u.id = k.user_id
-    LEFT JOIN teams t ON t.id = k.team_id
-    LEFT JOIN team_members m ON m.team_id = k.team_id AND m.user_id = k.user_id
-    LEFT JOIN orgs o ON o.id = t.org_id OR o.id = u.org_id
-    LEFT JOIN budgets b ON
-           (b.entity_type = 'key' AND b.entity_id = k.id)
-        OR (b.entity_type = 'key_model' AND b.entity_id = k.id || '/' || :model)
-        OR (b.entity_type = 'user' AND b.entity_id = k.user_id)
-        OR (b.entity_type = 'team' AND b.entity_id = k.team_id)
-        OR (b.entity_type = 'team_member' AND b.entity_id = k.team_id || '/' || k.user_id)
-        OR (b.entity_type = 'org' AND b.entity_id = o.id)
-        OR (b.entity_type = 'end_user' AND b.entity_id = :end_user)
-        OR (b.entity_type = 'tag' AND b.entity_id IN :tags)
-    WHERE k.key_hash = :key_hash AND k.deleted_at IS NULL
-    """
-).bindparams(bindparam("tags", expanding=True, type_=String)).columns(
-    k_blocked=Boolean, k_expires=UtcDateTime, k_models=JSON, u_blocked=Boolean, t_blocked=Boolean,
-    m_blocked=Boolean, o_blocked=Boolean, b_set_at=UtcDateTime,
-)
-
-_NAMED_SQL = text(
-    """
-    SELECT 'end_user' AS kind, id, blocked FROM end_users WHERE id = :end_user
-    UNION ALL
-    SELECT 'tag' AS kind, id, blocked FROM tags WHERE id IN :tags
-    """
-).bindparams(bindparam("tags", expanding=True, type_=String)).columns(blocked=Boolean)
 
 
 #: A hard bound on cached request shapes per replica, whatever the request rate.
@@ -138,8 +114,10 @@ class FactsCache:
     #: Oldest first: every entry lives `ttl_seconds`, so the expired ones are always at the front.
     _entries: OrderedDict[tuple[Any, ...], tuple[float, RequestFacts]] = field(default_factory=OrderedDict)
     _default_end_user: tuple[BudgetWindow, ...] = ()
+    _default_budgets: DefaultBudgets = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._default_budgets = parse_default_budgets(self.settings.default_budgets)
         if self.settings.default_end_user_budget:
             spec = BudgetSpec.model_validate(json.loads(self.settings.default_end_user_budget))
             self._default_end_user = (
@@ -151,14 +129,32 @@ class FactsCache:
         self._entries.clear()
 
     async def load(
-        self, *, api_key: str, model: str | None, end_user: str | None, tags: Sequence[str]
+        self,
+        *,
+        api_key: str | None = None,
+        principal: Principal | None = None,
+        model: str | None,
+        end_user: str | None,
+        tags: Sequence[str],
     ) -> RequestFacts:
-        cache_key = (hash_secret(api_key), model, end_user, tuple(sorted(set(tags))))
+        """The facts of a request identified by `api_key` or by a gateway's `principal` (exactly one)."""
+        named = (model, end_user, tuple(sorted(set(tags))))
+        cache_key: tuple[Any, ...]
+        if principal is not None:
+            # A separate shape from secrets' hashes: the first element can never be a hash.
+            cache_key = ("gateway", principal.key, principal.user, principal.team, principal.org, *named)
+        elif api_key is not None:
+            cache_key = (hash_secret(api_key), *named)
+        else:
+            raise ValueError("facts need an api_key or a principal")
         now = self.clock()
         hit = self._entries.get(cache_key)
         if hit is not None and now - hit[0] < self.ttl_seconds:
             return hit[1]
-        facts = await self._query(*cache_key)
+        if principal is not None:
+            facts = await self._query_principal(principal, *named)
+        else:
+            facts = await self._query(*cache_key)
         self._entries.pop(cache_key, None)  # re-inserted at the back: it is the newest now
         self._entries[cache_key] = (now, facts)
         self._drop_expired(now)
@@ -178,23 +174,61 @@ class FactsCache:
     async def _query(
         self, key_hash: str, model: str | None, end_user: str | None, tags: tuple[str, ...]
     ) -> RequestFacts:
-        async with wrap_database_errors(), self.sessions() as session:
-            rows = (
-                await execute_core(
-                    session,
-                    _KEY_CHAIN_SQL,
-                    {"key_hash": key_hash, "model": model or "", "end_user": end_user, "tags": list(tags)},
-                )
-            ).all()
+        params = {"key_hash": key_hash, "model": model or "", "end_user": end_user, "tags": list(tags)}
+        async with wrap_database_errors():
+            rows, named = await self._read(KEY_CHAIN_SQL, params, end_user, tags)
+        return self._assemble(rows, named, model, end_user, tags)
+
+    async def _query_principal(
+        self, principal: Principal, model: str | None, end_user: str | None, tags: tuple[str, ...]
+    ) -> RequestFacts:
+        params = {
+            "key": principal.key, "user": principal.user, "team": principal.team, "org": principal.org,
+            "team_org": principal.team_org, "user_org": principal.user_org,
+            "model": model or "", "end_user": end_user, "tags": list(tags),
+        }
+        async with wrap_database_errors():
+            rows, named = await self._read(PRINCIPAL_SQL, params, end_user, tags)
+            if _unseen(principal, rows):
+                await self._create(principal)
+                rows, named = await self._read(PRINCIPAL_SQL, params, end_user, tags)
+        return self._assemble(rows, named, model, end_user, tags, source="gateway")
+
+    async def _read(
+        self, chain: TextualSelect, params: dict[str, Any], end_user: str | None, tags: tuple[str, ...]
+    ) -> tuple[Sequence[Any], Sequence[Any]]:
+        """The key chain's rows, and the named end user's and tags' rows when the request names any."""
+        async with self.sessions() as session:
+            rows = (await execute_core(session, chain, params)).all()
             named = (
-                (await execute_core(session, _NAMED_SQL, {"end_user": end_user, "tags": list(tags)})).all()
+                (await execute_core(session, NAMED_SQL, {"end_user": end_user, "tags": list(tags)})).all()
                 if end_user or tags
                 else []
             )
-        return self._assemble(rows, named, model, end_user, tags)
+        return rows, named
+
+    async def _create(self, principal: Principal) -> None:
+        """Create what the principal names and nobody created yet (one short write transaction)."""
+        async with self.sessions() as session:
+            try:
+                await create_on_first_sight(
+                    session=session, principal=principal, defaults=self._default_budgets, now=utcnow()
+                )
+                await session.commit()
+            except IntegrityError as exc:
+                # Only an admin deleting a referenced entity at this very moment gets here; the
+                # request is then decided on the entities that exist.
+                await session.rollback()
+                log.warning("entities of gateway key %s were not all created: %s", principal.key, type(exc).__name__)
 
     def _assemble(
-        self, rows: Sequence[Any], named: Sequence[Any], model: str | None, end_user: str | None, tags: tuple[str, ...]
+        self,
+        rows: Sequence[Any],
+        named: Sequence[Any],
+        model: str | None,
+        end_user: str | None,
+        tags: tuple[str, ...],
+        source: IdentitySource = "api_key",
     ) -> RequestFacts:
         budgets: dict[tuple[str, str], dict[int, BudgetWindow]] = {}
         for row in rows:
@@ -217,8 +251,8 @@ class FactsCache:
             EntityFacts("tag", tag, known.get(("tag", tag), False), ("tag", tag) in known, windows("tag", tag))
             for tag in tags
         )
-        if not rows:
-            return RequestFacts(key=None, end_user=eu, tags=tag_facts)
+        if not rows or rows[0].k_id is None:
+            return RequestFacts(key=None, end_user=eu, tags=tag_facts, identity_source=source)
         first = rows[0]
         key = KeyFacts(first.k_id, first.k_user, first.k_team, bool(first.k_blocked), first.k_expires,
                        tuple(first.k_models or ()), windows("key", first.k_id))
@@ -242,5 +276,17 @@ class FactsCache:
         }
         return RequestFacts(
             key=key, user=user, team=team, team_member=member, orgs=tuple(orgs[o] for o in sorted(orgs)),
-            key_model=key_model, end_user=eu, tags=tag_facts,
+            key_model=key_model, end_user=eu, tags=tag_facts, identity_source=source,
         )
+
+
+def _unseen(principal: Principal, rows: Sequence[Any]) -> bool:
+    """Whether the principal names an entity that does not exist (a deleted key stays deleted)."""
+    first = rows[0]
+    return bool(
+        (first.k_id is None and not first.k_exists)
+        or (principal.user and first.u_id is None)
+        or (principal.team and first.t_id is None)
+        or (principal.member and first.m_team is None)
+        or (principal.org and not any(row.o_id == principal.org for row in rows))
+    )

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .vocabulary import DENY_CODES, ENTITY_TYPES
+
 __all__ = ["Metrics", "CONTENT_TYPE", "PHASES", "STAGES", "RECONCILE_PROBLEMS"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -30,8 +32,8 @@ RECONCILE_PROBLEMS = ("spent", "behind", "ahead", "reserved", "missing")
 _LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )
-_DENY_CODES = ("budget_exceeded", "invalid_key", "key_blocked", "key_expired", "model_not_allowed")
-_ENTITY_TYPES = ("org", "team", "user", "team_member", "key", "key_model", "end_user", "tag")
+_DENY_CODES = DENY_CODES
+_ENTITY_TYPES = ENTITY_TYPES
 
 
 class Metrics:
@@ -112,6 +114,18 @@ class Metrics:
             "spendgate_policy_reload_rejected", "1 while the newest policy files on disk are rejected (the previous "
             "revision keeps serving), 0 otherwise.", registry=r,
         )
+        self.records_after_denial = Counter(
+            "spendgate_records_after_denial", "Records charged for a request whose authorize was denied: the gateway "
+            "ignored the denial (enforcement bypassed; an enforcement_bypassed alert names the key).", registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "spendgate_alert_deliveries", "Alert delivery attempts to the webhooks, by result (delivered; retry: "
+            "failed, another attempt is due; failed: out of attempts).", ["result"], registry=r,
+        )
+        self.background_dropped = Counter(
+            "spendgate_background_dropped", "Recent decisions and budget_exceeded events dropped because this "
+            "replica's background-writer queue was full.", registry=r,
+        )
         self.reconcile_last_run = Gauge(
             "spendgate_reconcile_last_run_timestamp_seconds", "When the last reconcile run finished (Unix time).",
             registry=r,
@@ -132,6 +146,8 @@ class Metrics:
             self.reconcile_drifting.labels(problem)
         for result in ("applied", "rejected"):
             self.policy_reloads.labels(result)
+        for result in ("delivered", "retry", "failed"):
+            self.alert_deliveries.labels(result)
 
     # --- the decision path ------------------------------------------------------------
 

@@ -11,6 +11,11 @@ Acknowledged still means durable: a caller's answer resolves only after its batc
 A batch that fails for a reason other than a lost connection (a deadlock, a value the
 database refuses) is written again one record at a time, so one bad record never fails its
 neighbours.
+
+Extension point: `InTransaction` writers (rollups for reports, and anything else that must
+commit with the record or not at all, such as an alert outbox) run inside the batch's
+transaction after the events and ledgers, with the events that were new and the ledger
+snapshots as that transaction left them. `LedgerStore(in_transaction=[...])` adds more.
 """
 
 from __future__ import annotations
@@ -19,17 +24,40 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 from .errors import Unavailable
 
-if TYPE_CHECKING:  # ledgers.py imports this module
-    from .ledgers import LedgerRef, LedgerSnapshot
+from .ledgers import LedgerRef, LedgerSnapshot
+
+if TYPE_CHECKING:
     from .tables import SpendEvent
 
-__all__ = ["BatchItem", "BatchWriter", "RecordBatcher"]
+__all__ = ["BatchItem", "BatchWriter", "InTransaction", "RecordBatcher", "WrittenBatch"]
 
 log = logging.getLogger("spendgate.record")
+
+
+class WrittenBatch(NamedTuple):
+    """What one record transaction wrote, for the `InTransaction` writers."""
+
+    #: The spend events this transaction inserted (duplicates left out), in request-id order.
+    events: tuple[SpendEvent, ...]
+    #: The ledgers they charged, keyed by ledger id, as this transaction left them.
+    snapshots: dict[str, LedgerSnapshot]
+
+
+class InTransaction(Protocol):
+    """Writes more rows in a record transaction — committed with the record or not at all.
+
+    Keep each to one or two statements with rows in a fixed order (concurrent batches must
+    lock alike); an exception fails the batch (which is then written one record at a time)."""
+
+    async def postgres(self, connection: Any, batch: WrittenBatch) -> None:
+        """On the batch's asyncpg connection (PostgreSQL), inside its transaction."""
+
+    async def sqlite(self, session: Any, batch: WrittenBatch) -> None:
+        """On the record's SQLAlchemy `AsyncSession` (SQLite), inside its transaction."""
 
 
 @dataclass(slots=True)

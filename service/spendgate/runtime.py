@@ -17,11 +17,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .shedding import InFlightLimit
+from .decision_store import BackgroundWriter
 from .counters import Counters, RedisCounters, SqlCounters
 from .db import SessionFactory, create_engine, database_errors, session_factory
 from .errors import Unavailable
 from .facts import FactsCache
-from .ledgers import LedgerStore
+from .ledger_store import LedgerStore
 from .metrics import Metrics
 from .migrate import upgrade
 from .policy import PolicyEngine, PolicySet, load_policy_set
@@ -55,6 +56,8 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     #: Bounds the authorizes in flight (load shedding); set from the settings after construction.
     authorize_slots: InFlightLimit = field(init=False)
+    #: Writes recent decisions and refusal alerts off the decision path (set by the app's lifespan).
+    background: BackgroundWriter | None = None
 
     def __post_init__(self) -> None:
         self.authorize_slots = InFlightLimit(self.settings.max_authorize_in_flight, self.metrics.authorize_shed)
@@ -147,7 +150,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
                 counters = RedisCounters(redis_client, ledgers.snapshots, on_rebuild=metrics.counter_rebuilds.inc)
                 await counters.ping()  # a Redis that cannot be reached stops start-up, as the database does
         else:
-            counters = SqlCounters(sessions)
+            counters = SqlCounters(sessions, one_writer=not settings.is_postgres)
         facts = FactsCache(sessions, ttl_seconds=settings.facts_cache_seconds, settings=settings)
         log.info(
             "spendgate ready: database=%s counters=%s policy=%s revision=%s",

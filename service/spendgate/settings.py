@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     policy_gate: Literal["compile", "test"] = "compile"
     #: Budget applied to end users never created through the admin API, e.g. '{"max_budget": "5"}'.
     default_end_user_budget: str | None = None
+    #: Budgets given to entities a gateway's principal names when first seen (identity.py), by entity
+    #: type, e.g. '{"team": {"max_budget": "100", "duration": "1mo"}}'.
+    default_budgets: str | None = None
     db_pool_size: int = 10
     #: Authorizes one replica works on at once; more are answered 503 at once (0: no limit).
     max_authorize_in_flight: int = 64
@@ -73,6 +76,32 @@ class Settings(BaseSettings):
     metrics_access: Literal["public", "admin", "off"] = "public"
     #: One JSON line per decision on the logger "spendgate.decisions".
     decision_log: bool = True
+    #: Alert webhooks (spendgate.alerts): comma-separated URLs; `slack+https://…` sends Slack's body to one.
+    alert_webhook_urls: str | None = None
+    #: Signs every webhook body: header `X-Spendgate-Signature: sha256=<hex HMAC-SHA256>` (required in production).
+    alert_webhook_secret: SecretStr | None = None
+    #: Body of the webhook POSTs: "json" (the event) or "slack" (`{"text": …}`); a URL's prefix overrides it.
+    alert_webhook_format: Literal["json", "slack"] = "json"
+    #: Percentages of a hard limit that fire `threshold_crossed`, e.g. "80,95" ("" for none).
+    alert_thresholds: str = "80,95"
+    #: Seconds a webhook receiver has to answer one delivery.
+    alert_webhook_timeout_seconds: float = 5.0
+    #: First retry delay of a failed delivery (doubling each attempt up to the cap below).
+    alert_retry_base_seconds: float = 1.0
+    alert_retry_max_seconds: float = 300.0
+    #: Attempts before an event is marked `failed`.
+    alert_max_attempts: int = 10
+    #: How often each replica's delivery worker looks for due events.
+    alert_poll_seconds: float = 1.0
+    #: How long a worker owns an event it is delivering; after that another replica may take it over.
+    alert_lease_seconds: float = 60.0
+    #: The recent-decisions store (GET /v1/reports/decisions): most rows kept, and their longest age.
+    decision_store_max_rows: int = 100_000
+    decision_store_max_age_seconds: float = 7 * 24 * 3600.0
+    #: The web console at /console (docs/console.md); off: those routes answer 404.
+    console: bool = True
+    #: How long a console sign-in lasts, in seconds (the session cookie's lifetime).
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
 
     @field_validator("database_url")
     @classmethod
@@ -128,6 +157,17 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("default_budgets")
+    @classmethod
+    def _valid_default_budgets(cls, value: str | None) -> str | None:
+        """Checked at start-up, like the default end-user budget."""
+        if value in (None, ""):
+            return None
+        from .identity import parse_default_budgets  # late: identity imports the table models
+
+        parse_default_budgets(value)
+        return value
+
     @field_validator("reservation_ttl")
     @classmethod
     def _positive_ttl(cls, value: int) -> int:
@@ -177,6 +217,34 @@ class Settings(BaseSettings):
             raise ValueError(f"SPENDGATE_POLICY_DIR {value} is not a directory of .rego policies")
         return value
 
+    @field_validator("alert_webhook_urls", "alert_thresholds")
+    @classmethod
+    def _valid_alert_setting(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from .alerts.config import parse_thresholds, parse_webhook_urls  # late: keeps this module light
+
+        if value in (None, "") and info.field_name == "alert_webhook_urls":
+            return None
+        parse = parse_webhook_urls if info.field_name == "alert_webhook_urls" else parse_thresholds
+        parse(value or "")  # raises ValueError naming the variable
+        return value
+
+    @field_validator(
+        "alert_webhook_timeout_seconds", "alert_retry_base_seconds", "alert_retry_max_seconds", "alert_poll_seconds",
+        "alert_lease_seconds", "decision_store_max_age_seconds",
+    )
+    @classmethod
+    def _positive_seconds(cls, value: float, info: ValidationInfo) -> float:
+        if value <= 0:
+            raise ValueError(f"SPENDGATE_{str(info.field_name).upper()} must be a positive number of seconds")
+        return value
+
+    @field_validator("alert_max_attempts", "decision_store_max_rows")
+    @classmethod
+    def _at_least_one_alerting(cls, value: int, info: ValidationInfo) -> int:
+        if value < 1:
+            raise ValueError(f"SPENDGATE_{str(info.field_name).upper()} must be a whole number of at least 1")
+        return value
+
     @model_validator(mode="after")
     def _safe_in_production(self) -> Settings:
         if self.environment == "production":
@@ -184,6 +252,8 @@ class Settings(BaseSettings):
                 raise ValueError("in production SPENDGATE_ADMIN_TOKEN and SPENDGATE_GATEWAY_TOKEN must be set")
             if self.database_url.startswith("sqlite"):
                 raise ValueError("in production SPENDGATE_DATABASE_URL must point at PostgreSQL")
+            if self.alert_webhook_urls and self.alert_webhook_secret is None:
+                raise ValueError("in production SPENDGATE_ALERT_WEBHOOK_SECRET must be set when SPENDGATE_ALERT_WEBHOOK_URLS is")
         for name in ("admin_token", "gateway_token"):
             token = getattr(self, name)
             if token is not None and len(token.get_secret_value()) < 16:

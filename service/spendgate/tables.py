@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, Index, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, Index, Integer, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -23,6 +23,11 @@ __all__ = [
     "Ledger",
     "SpendEvent",
     "Reservation",
+    "AuditEvent",
+    "SpendRollup",
+    "AlertEvent",
+    "DecisionRecord",
+    "DecisionRecordEntity",
     "utcnow",
     "UtcDateTime",
 ]
@@ -188,3 +193,122 @@ class Reservation(SQLModel, table=True):
     released: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
+
+
+class SpendRollup(SQLModel, table=True):
+    """Spend charged to one entity in one UTC hour, per model, key and outcome — what reports sum.
+
+    Written in the record's own transaction (`reports/rollups.py`). Entity `*`/`*` counts every
+    recorded request once; `model`/`key_id` are '' when the request had none."""
+
+    __tablename__ = "spend_rollups"
+    entity_type: str = Field(primary_key=True, max_length=20)
+    entity_id: str = Field(primary_key=True, max_length=500)
+    hour: datetime = Field(sa_column=Column(UtcDateTime(), primary_key=True))
+    model: str = Field(primary_key=True, max_length=200)
+    key_id: str = Field(primary_key=True, max_length=200)
+    outcome: str = Field(primary_key=True, max_length=10)
+    spend: int = Field(sa_column=_money())
+    requests: int = Field(sa_column=Column(BigInteger, nullable=False))
+    failures: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class AlertEvent(SQLModel, table=True):
+    """One alert (the outbox of webhook deliveries). `dedupe_key` makes it happen at most once per
+    ledger period, kind and threshold, whichever replica decides it (spendgate.alerts)."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (
+        Index("ix_alert_events_due", "status", "next_attempt_at"),
+        Index("ix_alert_events_entity", "entity_type", "entity_id", "created_at"),
+    )
+    id: str = Field(primary_key=True, max_length=40)
+    dedupe_key: str = Field(sa_column=Column(String(800), nullable=False, unique=True))
+    event: str = Field(max_length=40)
+    entity_type: str = Field(max_length=20)
+    entity_id: str = Field(max_length=500)
+    ledger_id: str = Field(max_length=700)
+    window: str | None = Field(default=None, max_length=20)
+    spent: int = Field(sa_column=_money())
+    limit: int | None = Field(default=None, sa_column=_money(nullable=True))
+    soft_budget: int | None = Field(default=None, sa_column=_money(nullable=True))
+    threshold: int | None = None
+    resets_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    #: Event-specific extras sent with it (enforcement_bypassed: the request and the denial).
+    details: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: pending → delivered | failed.
+    status: str = Field(default="pending", max_length=10)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    #: A worker's lease on the event while it delivers it; an expired lease lets another take over.
+    locked_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    claim: str | None = Field(default=None, max_length=40)
+    #: Webhook URLs that already answered 2xx (a retry goes only to the others).
+    delivered_to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    delivered_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class DecisionRecord(SQLModel, table=True):
+    """A recent denial or alerting decision (spendgate.decision_store): bounded by size and age."""
+
+    __tablename__ = "decision_records"
+    __table_args__ = (Index("ix_decision_records_at", "at", "decision_id"),)
+    decision_id: str = Field(primary_key=True, max_length=40)
+    request_id: str = Field(max_length=500)
+    at: datetime = Field(sa_column=_ts())
+    decision: str = Field(max_length=10)
+    reasons: list[dict] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    charges: list[dict] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    alerts: list[dict] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    policy_revision: str | None = Field(default=None, max_length=80)
+
+
+class DecisionRecordEntity(SQLModel, table=True):
+    """Which entities a stored decision names (its charges and reasons): the per-entity index."""
+
+    __tablename__ = "decision_record_entities"
+    __table_args__ = (Index("ix_decision_record_entities_entity", "entity_type", "entity_id", "at", "decision_id"),)
+    decision_id: str = Field(primary_key=True, max_length=40)
+    entity_type: str = Field(primary_key=True, max_length=20)
+    entity_id: str = Field(primary_key=True, max_length=500)
+    at: datetime = Field(sa_column=_ts())
+
+
+class AuditEvent(SQLModel, table=True):
+    """One admin change, written in the change's own transaction (`admin/audit.py`).
+
+    `before`/`after` hold the entity's settable fields and budget as the API shows them (money as
+    decimal strings); never a key secret or hash. Newest first is `id` descending."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_entity", "entity_type", "entity_id", "id"),
+        Index("ix_audit_events_at", "at"),
+    )
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    )
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    #: The token class that made the change ('admin').
+    actor: str = Field(max_length=40)
+    action: str = Field(max_length=20)
+    entity_type: str = Field(max_length=20)
+    entity_id: str = Field(max_length=500)
+    before: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    after: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+# Keyset-paged admin lists (`admin/lists.py`): a filter column then the id, so a filtered page is
+# one index range however many rows the table holds; key-model budgets found by id prefix.
+Index("ix_teams_org_id_id", Team.__table__.c.org_id, Team.__table__.c.id)  # type: ignore[attr-defined]
+Index("ix_users_org_id_id", User.__table__.c.org_id, User.__table__.c.id)  # type: ignore[attr-defined]
+Index("ix_keys_team_id_id", ApiKey.__table__.c.team_id, ApiKey.__table__.c.id)  # type: ignore[attr-defined]
+Index("ix_keys_user_id_id", ApiKey.__table__.c.user_id, ApiKey.__table__.c.id)  # type: ignore[attr-defined]
+Index(
+    "ix_budgets_entity_prefix",
+    Budget.__table__.c.entity_type,  # type: ignore[attr-defined]
+    Budget.__table__.c.entity_id,  # type: ignore[attr-defined]
+    postgresql_ops={"entity_id": "text_pattern_ops"},
+)

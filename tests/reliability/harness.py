@@ -12,6 +12,11 @@ and the raw Redis hashes.
 `SPENDGATE_TEST_SERVICE_DIR` (a directory holding a `spendgate` package) makes the replicas run
 that copy of the service instead of the installed one — how the mutation checks run a
 deliberately broken service without touching the working tree.
+
+`SPENDGATE_TEST_DEFANG_FAULTS=1` turns every injected fault into a no-op (nothing is killed,
+flushed or terminated; see `faults_armed`). It exists only to see each fault test fail on its
+fault-bit assertion (`assert_fault_took_effect`): a fault test must fail when its fault did
+nothing, not pass vacuously.
 """
 
 from __future__ import annotations
@@ -65,6 +70,11 @@ __all__ = [
     "HerdBarrier",
     "usd",
     "terminate_backends",
+    "faults_armed",
+    "assert_fault_took_effect",
+    "dye_counters",
+    "rebuilt_since_dyed",
+    "scrape_counter",
     "check_invariants",
     "wait_for_counters_to_match_ledgers",
 ]
@@ -243,7 +253,7 @@ class Cluster:
         self._logs.append(log)
         replica.process = subprocess.Popen(
             [sys.executable, "-m", "spendgate", "serve", "--host", "127.0.0.1", "--port", str(replica.port),
-             "--log-level", "warning"],
+             "--log-level", "warning", "--workers", "1"],  # a replica is one process: the faults kill it
             env=self._env(replica.index),
             cwd=self.workdir,
             stdout=log,
@@ -316,17 +326,86 @@ class Cluster:
         return response.json()  # type: ignore[no-any-return]
 
 
+def faults_armed() -> bool:
+    """False only under SPENDGATE_TEST_DEFANG_FAULTS=1: the tests then skip every injection."""
+    return os.environ.get("SPENDGATE_TEST_DEFANG_FAULTS") != "1"
+
+
+def assert_fault_took_effect(fault: str, **bits: Any) -> None:
+    """The fault BIT, asserted before the invariants: each named sign that the fault really hit
+    (a count or a list) must be non-empty, or the test would pass with a fault that did nothing."""
+    missing = [name for name, seen in bits.items() if not seen]
+    shown = {name: len(seen) if isinstance(seen, (list, set, dict)) else seen for name, seen in bits.items()}
+    assert not missing, f"{fault} showed no effect: no {', no '.join(missing)} (saw {shown})"
+
+
 async def terminate_backends(database: str) -> int:
-    """pg_terminate_backend every connection to `database` (from a connection to another one)."""
+    """pg_terminate_backend every connection to `database` (from a connection to another one);
+    with the faults defanged, only counts them."""
     conn = await asyncpg.connect(PG_ADMIN_URL)
     try:
         rows = await conn.fetch(
-            "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            f"SELECT {'pg_terminate_backend(pid)' if faults_armed() else 'true'} AS ok FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
             database,
         )
     finally:
         await conn.close()
     return sum(1 for row in rows if row["ok"])
+
+
+_DYE = """
+local dyed = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'test_dye', '1')
+    dyed = dyed + 1
+  end
+end
+return dyed
+"""
+
+
+async def _ledger_keys(redis: aioredis.Redis) -> list[bytes]:
+    return [key async for key in redis.scan_iter(match="sg:l:*", count=1000)]
+
+
+async def dye_counters(cluster: Cluster) -> set[bytes]:
+    """Mark every ledger counter hash now in Redis with a `test_dye` field (the service reads
+    only its own fields). A hash found later without the dye was created again since: rebuilt
+    from the ledger. The harness' own count of rebuilds, blind to counters new to the load."""
+    redis = await cluster.redis.client()
+    try:
+        keys = await _ledger_keys(redis)
+        await redis.eval(_DYE, len(keys), *keys)
+        return set(keys)
+    finally:
+        await redis.aclose()
+
+
+async def rebuilt_since_dyed(cluster: Cluster, dyed: set[bytes]) -> set[bytes]:
+    """Ledger counters dyed by `dye_counters` that exist again without the dye."""
+    redis = await cluster.redis.client()
+    try:
+        rebuilt = set()
+        for key in dyed:
+            exists, dye = await redis.exists(key), await redis.hget(key, "test_dye")
+            if exists and dye is None:
+                rebuilt.add(key)
+        return rebuilt
+    finally:
+        await redis.aclose()
+
+
+async def scrape_counter(cluster: Cluster, name: str) -> int:
+    """A Prometheus counter (e.g. spendgate_counter_rebuilds_total) summed over the live replicas."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5) as client:
+        for replica in cluster.live():
+            for line in (await client.get(f"{replica.url}/metrics")).text.splitlines():
+                if line.startswith(name + " "):
+                    total += float(line.split()[1])
+    return int(total)
 
 
 class FreezableProxy:
@@ -545,6 +624,8 @@ class Scenario:
     seed: int = 1
     secrets: dict[str, str] = field(default_factory=dict)
     tight_limits: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Share of records a gateway hedges to two replicas at once.
+    hedge_record_rate: float = 0.08
 
     TIGHT_KEY = ("key", "k-tight")
     TIGHT_MEMBER = ("team_member", "search/u1")
@@ -642,7 +723,7 @@ class Scenario:
             call_seconds=call_seconds if call_seconds is not None else (
                 rng.uniform(0.3, 1.2) if long_call else rng.uniform(0, 0.02)),
             hedge_authorize=rng.random() < 0.05,
-            hedge_record=rng.random() < 0.08,
+            hedge_record=rng.random() < self.hedge_record_rate,
         )
 
 
@@ -885,6 +966,41 @@ class LoadDriver:
 
     def all_attempts(self) -> list[Attempt]:
         return [a for o in self.outcomes.values() for a in o.attempts]
+
+    def unavailable(self, path: str | None = None, naming: str = "") -> list[Attempt]:
+        """503 `unavailable` answers the gateway clients saw (and retried), whose message names
+        `naming` (e.g. "database")."""
+        return [a for a in self.all_attempts() if a.status == 503 and (path is None or a.path == path)
+                and (a.body or {}).get("error", {}).get("code") == "unavailable"
+                and naming in (a.body or {}).get("error", {}).get("message", "").lower()]
+
+    def failed_over(self, replica: int, *, sent_before: float = float("inf"), sent_after: float = 0.0,
+                    errors: tuple[str, ...] = ()) -> list[str]:
+        """Request ids with an attempt on `replica` (sent in that span) that got no answer (with
+        one of `errors`, if given), then a 200 for the same call from another replica."""
+        found = []
+        for outcome in self.outcomes.values():
+            for dead in outcome.attempts:
+                if (dead.replica == replica and dead.status is None and sent_after <= dead.sent < sent_before
+                        and (not errors or dead.error in errors)
+                        and any(a.path == dead.path and a.replica != replica and a.status == 200
+                                and a.sent >= dead.sent for a in outcome.attempts)):
+                    found.append(outcome.plan.request_id)
+                    break
+        return found
+
+    def retried_duplicates(self) -> list[str]:
+        """Records whose attempt got a 503 or no answer, and a LATER attempt a 200 saying
+        `duplicate: true`: the failed attempt had committed (or a hedged twin had), and the
+        retry charged nothing."""
+        found = []
+        for outcome in self.outcomes.values():
+            records = [a for a in outcome.attempts if a.path == "/v1/record"]
+            failed = [a.done for a in records if a.status is None or a.status == 503]
+            if failed and any(a.status == 200 and (a.body or {}).get("duplicate") is True and a.sent >= min(failed)
+                              for a in records):
+                found.append(outcome.plan.request_id)
+        return found
 
     def summary(self) -> dict[str, Any]:
         latencies: dict[str, list[float]] = defaultdict(list)

@@ -1,17 +1,29 @@
-"""Does each fault test fail when the protection it tests is removed? Run the suite against
-deliberately broken copies of the service and see which tests catch which breakage.
+"""Does each fault test fail when the protection it tests is removed? Run the fault tests
+against deliberately broken copies of the service and score, strictly, which tests catch which
+breakage.
 
-    .venv/bin/python tests/reliability/mutations.py            # every mutation
-    .venv/bin/python tests/reliability/mutations.py M2 M5      # some of them
+    .venv/bin/python tests/reliability/mutations.py                 # baseline + every mutation
+    .venv/bin/python tests/reliability/mutations.py --only M1,M8    # baseline + some of them
+    .venv/bin/python tests/reliability/mutations.py --sample cheap  # the CI sample
+    .venv/bin/python tests/reliability/mutations.py --check         # seconds: still applicable?
     .venv/bin/python tests/reliability/mutations.py --list
 
-For each mutation: copy `service/` to a temporary directory, apply the mutation THERE (the
-working tree is never written), run `tests/reliability` with SPENDGATE_TEST_SERVICE_DIR
-pointing at the copy (the harness makes the replicas import it and checks they do), and report
-which tests failed and the first problem each one named. Exits non-zero if a test expected to
-catch a mutation passed, or if a mutation no longer applies to the code (update it then).
+First a baseline: the expected tests run against an unmutated copy of `service/` and must all
+be present and PASSED — otherwise the suite itself is broken and nothing it "catches" means
+anything (exit 2). Then, for each mutation: copy `service/` to a temporary directory, apply the
+mutation THERE (the working tree is never written), run the mutation's expected tests with
+SPENDGATE_TEST_SERVICE_DIR pointing at the copy (the harness makes the replicas import it and
+checks they do), and read the JUnit XML.
 
-Not collected by pytest (not a test_*.py file); takes ~2 minutes per mutation.
+Strict scoring: a mutation is caught only when EACH expected test is in the report and FAILED
+(a `<failure>`). A test that passed, errored (setup, teardown, collection), was skipped or is
+missing (renamed, deselected, the run crashed or timed out) did not catch it: that is reported
+as "not caught (<status>)" and makes the exit code 1.
+
+`--check` does not start the service: every mutation's anchors must be in the current source
+exactly once (and the mutated Python must still compile), and every expected test must exist
+(pytest --collect-only). Not collected by pytest (not a test_*.py file); its scoring is tested
+by test_mutation_scoring.py.
 """
 
 from __future__ import annotations
@@ -22,11 +34,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parents[2]
+TESTS = "tests/reliability/test_fault_injection.py"
+#: A mutation run that takes longer than this is killed; its tests then count as missing.
+RUN_TIMEOUT_SECONDS = 900
 
 KILL = "test_replica_killed_with_sigkill_mid_load"
 FLUSH = "test_redis_flushall_mid_load"
@@ -40,7 +58,7 @@ ALL = (KILL, FLUSH, RESTART, PGTERM, DOWN)
 class Mutation:
     name: str
     protection: str
-    #: Tests that must fail with it (others may fail too; the report shows them).
+    #: Tests that must each fail with it (the run is of these tests only, unless --whole-suite).
     expected: tuple[str, ...]
     #: (file under service/spendgate, exact text, replacement), applied in order.
     edits: tuple[tuple[str, str, str], ...]
@@ -51,10 +69,10 @@ MUTATIONS = [
         "M1", "record is idempotent: a retried record (same request_id, any replica) charges nothing",
         (KILL,),
         (
-            ("ledgers.py",
+            ("ledger_store.py",
              "                if item.event.request_id in inserted:\n",
              "                if True:  # MUTATION: charge every record, duplicates included\n"),
-            ("ledgers.py",
+            ("ledger_store.py",
              "            if item.event.request_id in inserted else None\n",
              "            if True else None  # MUTATION\n"),
         ),
@@ -124,8 +142,8 @@ MUTATIONS = [
              "            try:  # MUTATION: fail open\n"
              "                prior, figures = await counters.prior_and_read(request.request_id, refs)\n"
              "            except __import__('spendgate.errors').errors.Unavailable:\n"
-             "                return {'request_id': request.request_id, 'decision': 'allow', 'reasons': [], 'charges': [],\n"
-             "                        'alerts': [], 'reservation': None}\n"),
+             "                return Authorized({'request_id': request.request_id, 'decision': 'allow', 'reasons': [],\n"
+             "                                   'charges': [], 'alerts': [], 'reservation': None}, replayed=False)\n"),
         ),
     ),
     Mutation(
@@ -133,7 +151,8 @@ MUTATIONS = [
         (DOWN,),
         (
             ("decisions/record.py",
-             "        elif counters_down is not None and request.api_key is None:\n",
+             "        elif counters_down is not None and request.api_key is None"
+             " and request.principal is None:\n",
              "        elif counters_down is not None:  # MUTATION: records need Redis\n"),
         ),
     ),
@@ -141,7 +160,7 @@ MUTATIONS = [
         "M7", "the spend event and the ledger increments commit in ONE transaction",
         (PGTERM,),
         (
-            ("ledgers.py",
+            ("ledger_store.py",
              "            inserted = {row[0] for row in rows}\n",
              "            inserted = {row[0] for row in rows}\n"
              "            await connection.execute('COMMIT; BEGIN')  # MUTATION: a second transaction\n"),
@@ -185,7 +204,7 @@ MUTATIONS = [
         ALL,
         (
             ("decisions/authorize.py",
-             "            if prior is not None:\n                return prior.body\n",
+             "            if prior is not None:\n                return Authorized(prior.body, replayed=True)\n",
              "            pass  # MUTATION: no idempotency\n"),
             ("counters/lua/commit.lua",
              "if stored then\n  return {'duplicate', stored}\nend\n",
@@ -205,13 +224,40 @@ MUTATIONS = [
 ]
 
 
-def apply(mutation: Mutation, target: Path) -> None:
-    for relative, old, new in mutation.edits:
-        path = target / "spendgate" / relative
-        text = path.read_text()
-        if text.count(old) != 1:
-            raise SystemExit(f"{mutation.name}: the text to mutate in {relative} is not there exactly once; update the mutation")
-        path.write_text(text.replace(old, new))
+#: Named subsets. `cheap` (the CI sample): every fault test catches at least one mutation, and
+#: no mutation expecting ALL five tests (those run 70-180 s each; these 11-25 s). Its time, with
+#: the baseline, is in tests/reliability/README.md.
+SAMPLES: dict[str, tuple[str, ...]] = {
+    "cheap": ("M1", "M3", "M5", "M7", "M8"),
+}
+
+# --- scoring (pure: fed synthetic reports by test_mutation_scoring.py) ----------------------
+
+Status = Literal["failed", "passed", "errored", "skipped", "missing"]
+#: When one test function has several cases (parametrized), the worst one speaks for it.
+_WORST_FIRST: tuple[Status, ...] = ("missing", "errored", "skipped", "passed", "failed")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    test: str
+    status: Status
+    #: What the report said: the first problem of a failure or error, the reason of a skip.
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Score:
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def caught(self) -> bool:
+        """Caught only when every expected test failed (an empty expectation catches nothing)."""
+        return bool(self.verdicts) and all(v.status == "failed" for v in self.verdicts)
+
+    @property
+    def not_caught(self) -> tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if v.status != "failed")
 
 
 def first_problem(text: str) -> str:
@@ -226,71 +272,246 @@ def first_problem(text: str) -> str:
     return errors[0][:240]
 
 
-def check() -> int:
-    """Does every mutation still apply to the current code?"""
+def _case_verdict(case: ET.Element, test: str) -> Verdict:
+    for tag, status in (("error", "errored"), ("failure", "failed"), ("skipped", "skipped")):
+        found = case.find(tag)
+        if found is not None:
+            text = found.text or found.get("message") or ""
+            return Verdict(test, status, first_problem(text) if tag != "skipped" else text.strip()[:240])
+    return Verdict(test, "passed")
+
+
+def read_report(report: Path | None) -> dict[str, list[Verdict]]:
+    """Every test case of a JUnit XML report, by test function name (parameters stripped). A
+    report that is absent or unreadable (the run crashed or was killed) holds no test."""
+    if report is None or not report.is_file():
+        return {}
+    try:
+        root = ET.parse(report).getroot()
+    except ET.ParseError:
+        return {}
+    cases: dict[str, list[Verdict]] = {}
+    for case in root.iter("testcase"):
+        test = case.get("name", "?").split("[")[0]
+        cases.setdefault(test, []).append(_case_verdict(case, test))
+    return cases
+
+
+def verdict(cases: dict[str, list[Verdict]], test: str) -> Verdict:
+    found = cases.get(test)
+    if not found:
+        return Verdict(test, "missing", "not in the report (renamed, deselected, not collected, or the run died)")
+    return min(found, key=lambda v: _WORST_FIRST.index(v.status))
+
+
+def score(report: Path | None, expected: Sequence[str]) -> Score:
+    """How a mutation run went: each expected test's verdict; caught only if all FAILED."""
+    cases = read_report(report)
+    return Score(tuple(verdict(cases, test) for test in expected))
+
+
+def baseline_problems(report: Path | None, expected: Iterable[str]) -> list[Verdict]:
+    """The unmutated run: every expected test must be present and PASSED, else the suite itself
+    is broken. Returns the tests that were not."""
+    cases = read_report(report)
+    return [v for v in (verdict(cases, test) for test in dict.fromkeys(expected)) if v.status != "passed"]
+
+
+# --- applying -------------------------------------------------------------------------------
+
+
+def mutated_sources(mutation: Mutation, service: Path) -> dict[Path, str]:
+    """The files a mutation changes (path → new text), computed in memory from `service/`.
+    Raises ValueError if an anchor is not in the current source exactly once."""
+    texts: dict[Path, str] = {}
+    for relative, old, new in mutation.edits:
+        path = service / "spendgate" / relative
+        text = texts.get(path) or path.read_text()
+        if text.count(old) != 1:
+            raise ValueError(
+                f"{mutation.name}: the text to mutate in {relative} is there {text.count(old)} times, not once; "
+                "update the mutation"
+            )
+        texts[path] = text.replace(old, new)
+    return texts
+
+
+#: What a run copies from the checkout: the service, its policies, the tests and their config.
+SNAPSHOT = ("service", "policies", "tests", "pyproject.toml")
+
+
+def copy_checkout(source: Path, target: Path, mutation: Mutation | None = None) -> Path:
+    """A copy of SNAPSHOT from `source` into `target`, with the mutation applied to the copy's
+    service. A run snapshots the checkout once and derives the baseline and every mutant from
+    that snapshot, and pytest runs inside the copy: edits to a shared checkout meanwhile (the
+    service, a policy, the harness) cannot leak into one run and not another."""
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache")
+    for part in SNAPSHOT:
+        if (source / part).is_dir():
+            shutil.copytree(source / part, target / part, ignore=skip)
+        else:
+            shutil.copy2(source / part, target / part)
+    if mutation is not None:
+        for path, text in mutated_sources(mutation, source / "service").items():
+            (target / path.relative_to(source)).write_text(text)
+    return target
+
+
+def collected_tests() -> set[str]:
+    """Test function names pytest collects from the fault tests (no service is started)."""
+    found = subprocess.run(
+        [sys.executable, "-m", "pytest", TESTS, "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    return {line.split("::", 1)[1].split("[")[0] for line in found.stdout.splitlines() if "::" in line}
+
+
+def check(mutations: Sequence[Mutation]) -> int:
+    """Does every mutation still apply to the current code, and does every expected test exist?"""
     broken = 0
-    for mutation in MUTATIONS:
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / "service"
-            shutil.copytree(REPO / "service", copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-            try:
-                apply(mutation, copy)
-                print(f"{mutation.name}: applies")
-            except SystemExit as exc:
-                broken += 1
-                print(exc)
+    for mutation in mutations:
+        try:
+            for path, text in mutated_sources(mutation, REPO / "service").items():
+                if path.suffix == ".py":
+                    compile(text, str(path), "exec")
+            print(f"{mutation.name}: applies")
+        except (ValueError, SyntaxError) as exc:
+            broken += 1
+            print(f"{mutation.name}: does not apply: {exc}")
+    collected = collected_tests()
+    for test in sorted({test for mutation in mutations for test in mutation.expected}):
+        if test not in collected:
+            broken += 1
+            print(f"expected test {test} is not collected from {TESTS}")
+    print("check: " + ("FAILED" if broken else f"{len(mutations)} mutations apply, expected tests exist"))
     return 1 if broken else 0
 
 
-def run(mutation: Mutation, pytest_args: list[str]) -> tuple[dict[str, str], list[str]]:
-    with tempfile.TemporaryDirectory(prefix=f"spendgate-{mutation.name}-") as tmp:
-        copy = Path(tmp) / "service"
-        shutil.copytree(REPO / "service", copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        apply(mutation, copy)
-        report = Path(tmp) / "report.xml"
-        env = {**os.environ, "SPENDGATE_TEST_SERVICE_DIR": str(copy)}
-        subprocess.run(
-            [sys.executable, "-m", "pytest", str(REPO / "tests" / "reliability"), "-q", "-p", "no:cacheprovider",
-             f"--junitxml={report}", *pytest_args],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-        )
-        results: dict[str, str] = {}
-        for case in ET.parse(report).getroot().iter("testcase"):
-            failure = case.find("failure")
-            if failure is None:
-                failure = case.find("error")
-            results[case.get("name", "?").split("[")[0]] = "passed" if failure is None else first_problem(
-                failure.text or failure.get("message") or ""
+# --- running --------------------------------------------------------------------------------
+
+
+def run_tests(root: Path, tests: Sequence[str], report: Path, log: Path) -> None:
+    """pytest on those fault tests inside the copy `root`, the replicas (and pytest itself)
+    importing its service; the JUnit XML to `report`."""
+    service = root / "service"
+    env = {
+        **os.environ,
+        "SPENDGATE_TEST_SERVICE_DIR": str(service),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(service), os.environ.get("PYTHONPATH")])),
+    }
+    node_ids = [f"{TESTS}::{test}" for test in tests] if tests else [TESTS]
+    report.unlink(missing_ok=True)  # a stale report must never stand in for a run that died
+    with log.open("w") as out:
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "pytest", *node_ids, "-q", "-p", "no:cacheprovider", f"--junitxml={report}"],
+                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=RUN_TIMEOUT_SECONDS,
             )
-    missed = [test for test in mutation.expected if results.get(test) == "passed"]
-    return results, missed
+        except subprocess.TimeoutExpired:
+            out.write(f"\n(killed after {RUN_TIMEOUT_SECONDS}s)\n")
+
+
+def run_one(snapshot: Path, name: str, mutation: Mutation | None, tests: Sequence[str], keep: Path) -> Path:
+    """Run the tests against a (mutated) copy; returns the JUnit report (kept with the log)."""
+    with tempfile.TemporaryDirectory(prefix=f"spendgate-{name}-") as tmp:
+        root = copy_checkout(snapshot, Path(tmp), mutation)
+        run_tests(root, tests, keep / f"{name}.xml", keep / f"{name}.log")
+    return keep / f"{name}.xml"
+
+
+def report_mutation(mutation: Mutation, result: Score, seconds: float) -> None:
+    for v in result.verdicts:
+        mark = "caught" if v.status == "failed" else f"NOT caught ({v.status})"
+        print(f"   {mark} by {v.test}" + (f": {v.detail}" if v.detail else ""), flush=True)
+    print(f"   {mutation.name}: {'caught' if result.caught else 'NOT CAUGHT'} ({seconds:.0f} s)", flush=True)
+
+
+def choose(args: argparse.Namespace) -> list[Mutation]:
+    names: list[str] = []
+    if args.only:
+        names += [name.strip() for name in args.only.split(",") if name.strip()]
+    if args.sample:
+        names += SAMPLES[args.sample]
+    if not names:
+        return list(MUTATIONS)
+    known = {m.name: m for m in MUTATIONS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown mutations: {', '.join(unknown)} (see --list)")
+    return [known[name] for name in dict.fromkeys(names)]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
-    parser.add_argument("--list", action="store_true")
-    parser.add_argument("--check", action="store_true", help="only check that every mutation still applies")
-    parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-k flushall'")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated mutations, e.g. M1,M8")
+    parser.add_argument("--sample", choices=sorted(SAMPLES), help="a named subset (cheap: the CI sample)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and what catches them")
+    parser.add_argument("--check", action="store_true", help="only check that mutations apply and tests exist")
+    parser.add_argument("--whole-suite", action="store_true",
+                        help="run every fault test per mutation (the report shows extra catches)")
+    parser.add_argument("--keep", type=Path, help="directory for each run's JUnit XML and log (default: a temp dir)")
     args = parser.parse_args()
-    if args.check:
-        return check()
-    chosen = [m for m in MUTATIONS if not args.names or m.name in args.names]
+    chosen = choose(args)
     if args.list:
         for m in chosen:
             print(f"{m.name}: {m.protection} — expected to be caught by {', '.join(m.expected)}")
         return 0
-    failures = 0
+    if args.check:
+        return check(chosen)
+    keep = args.keep or Path(tempfile.mkdtemp(prefix="spendgate-mutations-"))
+    keep.mkdir(parents=True, exist_ok=True)
+    print(f"reports and logs in {keep}", flush=True)
+
+    expected = list(dict.fromkeys(test for m in chosen for test in m.expected))
+    snapshot = Path(tempfile.mkdtemp(prefix="spendgate-snapshot-"))
+    try:
+        return run_all(args, chosen, expected, copy_checkout(REPO, snapshot), keep)
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, chosen: Sequence[Mutation], expected: Sequence[str], snapshot: Path,
+            keep: Path) -> int:
+    """The baseline, then each mutation, all from one snapshot of the checkout."""
+    stale = []
+    for mutation in chosen:
+        try:
+            mutated_sources(mutation, snapshot / "service")
+        except ValueError as exc:
+            stale.append(str(exc))
+    if stale:
+        print("\n".join(stale))
+        return 1
+    started = time.monotonic()
+    print(f"== baseline: {', '.join(expected)} against the unmutated service", flush=True)
+    problems = baseline_problems(
+        run_one(snapshot, "baseline", None, () if args.whole_suite else expected, keep), expected
+    )
+    if problems:
+        for v in problems:
+            print(f"   {v.test}: {v.status}" + (f": {v.detail}" if v.detail else ""), flush=True)
+        print(f"the suite itself is broken: not every expected test passes unmutated (log: {keep}/baseline.log)")
+        return 2
+    print(f"   every expected test passed ({time.monotonic() - started:.0f} s)", flush=True)
+
+    missed = []
     for mutation in chosen:
         print(f"== {mutation.name}: remove '{mutation.protection}'", flush=True)
-        results, missed = run(mutation, args.pytest_args.split())
-        for test, result in results.items():
-            mark = "caught " if result != "passed" else "passed "
-            print(f"   {mark} {test}" + (f": {result}" if result != "passed" else ""), flush=True)
-        if missed:
-            failures += 1
-            print(f"   !! expected to be caught by {', '.join(missed)}", flush=True)
-    return 1 if failures else 0
+        began = time.monotonic()
+        report = run_one(snapshot, mutation.name, mutation, () if args.whole_suite else mutation.expected, keep)
+        result = score(report, mutation.expected)
+        report_mutation(mutation, result, time.monotonic() - began)
+        if args.whole_suite:
+            extra = [v for tests in read_report(report).values() for v in tests
+                     if v.test not in mutation.expected and v.status == "failed"]
+            for v in extra:
+                print(f"   also failed: {v.test}: {v.detail}", flush=True)
+        if not result.caught:
+            missed.append(mutation.name)
+    total = time.monotonic() - started
+    print(f"== {len(chosen) - len(missed)}/{len(chosen)} caught in {total:.0f} s"
+          + (f"; NOT caught: {', '.join(missed)}" if missed else ""), flush=True)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import asyncpg
 
-__all__ = ["PG_ADMIN_URL", "create_database", "drop_database", "RedisServer", "free_port"]
+__all__ = ["ALL_TABLES", "PG_ADMIN_URL", "create_database", "drop_database", "RedisServer", "free_port"]
 
+#: Every table of the schema, for TRUNCATE between tests (a new table must be added here).
+ALL_TABLES = "audit_events, alert_events, decision_records, decision_record_entities, spend_rollups, spend_events, reservations, ledgers, budgets, keys, team_members, users, teams, orgs, end_users, tags"
 PG_ADMIN_URL = os.environ.get("SPENDGATE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

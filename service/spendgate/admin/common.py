@@ -15,6 +15,7 @@ from ..db import wrap_database_errors
 from ..errors import Conflict, NotFound
 from ..facts import FactsCache
 from ..tables import Ledger
+from .audit import Change
 
 __all__ = ["new_id", "require", "admin_write", "admin_read", "has_ledger", "listing"]
 
@@ -56,15 +57,17 @@ async def admin_read() -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def admin_write(session: AsyncSession, *, facts: FactsCache) -> AsyncIterator[None]:
+async def admin_write(session: AsyncSession, *, facts: FactsCache) -> AsyncIterator[Change]:
     """One admin change: commit at the end, then make this replica's facts cache forget at once.
+
+    It yields the change's audit record (`audit.Change`): its rows commit with the change or not at all.
 
     A uniqueness or foreign-key violation at commit means another request changed the same
     entities in between (the checks before it passed): 409, retry.
     """
     async with wrap_database_errors():
         try:
-            yield
+            yield Change(session)
             await session.commit()
         except IntegrityError as exc:
             await session.rollback()

@@ -17,10 +17,11 @@ from __future__ import annotations
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from ..budgets import delete_budgets
+from ..budgets import delete_budgets, load_budgets
 from ..errors import Conflict
 from ..facts import FactsCache
 from ..tables import ApiKey, Team, TeamMember, User
+from .audit import snapshot
 from .common import admin_write, listing, require
 from .entities import ORG, TEAM, USER, EntityKind
 
@@ -73,16 +74,21 @@ def _what_to_do(kind: EntityKind) -> str:
 
 async def delete_entity(*, session: AsyncSession, facts: FactsCache, kind: EntityKind, entity_id: str) -> None:
     """Delete an org, team, user, end user or tag with its budget; 409 while others depend on it."""
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         row = await require(session, kind.table, entity_id, kind=kind.label)
         blockers = await _blockers(session, kind, entity_id)
         if blockers:
             raise Conflict(f"{kind.label} {entity_id!r} still has {' and '.join(blockers)}; {_what_to_do(kind)}")
+        before = snapshot(row, await load_budgets(session, kind.entity_type, entity_id))
+        change.deleted(kind.entity_type, entity_id, before)
         if kind is TEAM:
             await session.exec(update(ApiKey).where(col(ApiKey.team_id) == entity_id).values(team_id=None))
-            members = (await session.exec(select(TeamMember.user_id).where(TeamMember.team_id == entity_id))).all()
-            for user_id in members:
-                await delete_budgets(session, "team_member", f"{entity_id}/{user_id}")
+            members = (await session.exec(select(TeamMember).where(TeamMember.team_id == entity_id))).all()
+            for member in members:  # each membership goes with the team, and says so in the audit trail
+                member_id = f"{entity_id}/{member.user_id}"
+                budgets = await load_budgets(session, "team_member", member_id)
+                change.deleted("team_member", member_id, snapshot(member, budgets))
+                await delete_budgets(session, "team_member", member_id)
             await session.exec(delete(TeamMember).where(col(TeamMember.team_id) == entity_id))
         elif kind is USER:
             await session.exec(update(ApiKey).where(col(ApiKey.user_id) == entity_id).values(user_id=None))

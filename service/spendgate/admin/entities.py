@@ -19,6 +19,7 @@ from ..counters import Counters
 from ..errors import Conflict, NotFound
 from ..facts import FactsCache
 from ..tables import Budget, EndUser, Org, Tag, Team, User, utcnow
+from .audit import snapshot
 from .common import admin_read, admin_write, has_ledger, new_id, require
 from .ledger_view import ledger_lines, public_budget, read_ledgers
 from .schemas import EndUserPublic, OrgPublic, TagPublic, TeamPublic, UserPublic
@@ -100,7 +101,7 @@ async def create_entity(
     *, session: AsyncSession, counters: Counters, facts: FactsCache, kind: EntityKind, body: Any
 ) -> BaseModel:
     """Create an entity with its budget; 409 for a taken id, 404 for a missing reference."""
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         entity_id = body.id or new_id(kind.id_prefix or f"{kind.entity_type}_")
         if await session.get(kind.table, entity_id) is not None:
             raise Conflict(f"{kind.label} {entity_id!r} already exists; choose another id or PATCH the existing one")
@@ -110,6 +111,7 @@ async def create_entity(
         session.add(row)
         budgets = await replace_budgets(session, kind.entity_type, entity_id, as_windows(body.budget), now=row.created_at)
         await session.flush()
+        change.created(kind.entity_type, entity_id, snapshot(row, budgets))
         view = await entity_view(counters=counters, kind=kind, entity_id=entity_id, row=row, budgets=budgets)
     return view
 
@@ -147,9 +149,10 @@ async def update_entity(
     A window whose duration and reset stay the same keeps its period anchor, so raising a
     limit does not restart the period; a new duration starts a new period now.
     """
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         hint = f"create it with POST /v1/admin/{kind.path}" if kind.tracked else ""
         row = await require(session, kind.table, entity_id, kind=kind.label, hint=hint)
+        before = snapshot(row, await load_budgets(session, kind.entity_type, entity_id))
         changes = body.model_dump(include=body.model_fields_set - {"budget"})
         await _check_references(session, kind, changes)
         for name, value in changes.items():
@@ -160,5 +163,6 @@ async def update_entity(
         else:
             budgets = await load_budgets(session, kind.entity_type, entity_id)
         await session.flush()
+        change.updated(kind.entity_type, entity_id, before, snapshot(row, budgets), fields=body.model_fields_set)
         view = await entity_view(counters=counters, kind=kind, entity_id=entity_id, row=row, budgets=budgets)
     return view

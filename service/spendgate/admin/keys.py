@@ -22,6 +22,7 @@ from ..errors import Conflict, NotFound
 from ..facts import FactsCache
 from ..keys import display_prefix, hash_secret, new_secret
 from ..tables import ApiKey, Budget, Team, User, utcnow
+from .audit import model_budgets_snapshot, snapshot
 from .common import admin_read, admin_write, new_id, require
 from .ledger_view import LedgerLine, ledger_lines, public_budget, read_ledgers
 from .schemas import KeyCreate, KeyCreated, KeyPublic, KeyUpdate
@@ -101,6 +102,11 @@ async def _view(
     return KeyPublic.model_validate(fields)
 
 
+def _snapshot(key: ApiKey, budgets: Sequence[Budget], model_budgets: Mapping[str, Sequence[Budget]]) -> dict[str, Any]:
+    """The key as the audit trail records it: never its secret or hash (`audit.snapshot` leaves them out)."""
+    return snapshot(key, budgets, extra={"model_budgets": model_budgets_snapshot(model_budgets)})
+
+
 async def _live_key(session: AsyncSession, key_id: str) -> ApiKey:
     key = await session.get(ApiKey, key_id)
     if key is None:
@@ -112,7 +118,7 @@ async def _live_key(session: AsyncSession, key_id: str) -> ApiKey:
 
 async def create_key(*, session: AsyncSession, counters: Counters, facts: FactsCache, body: KeyCreate) -> KeyCreated:
     """Create a key; the response carries the secret, which is never shown again."""
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         key_id = body.id or new_id("key_")
         existing = await session.get(ApiKey, key_id)
         if existing is not None:
@@ -138,6 +144,7 @@ async def create_key(*, session: AsyncSession, counters: Counters, facts: FactsC
         budgets = await replace_budgets(session, "key", key_id, as_windows(body.budget), now=key.created_at)
         model_budgets = await _replace_model_budgets(session, key_id, body.model_budgets, now=key.created_at)
         await session.flush()
+        change.created("key", key_id, _snapshot(key, budgets, model_budgets))
         view = await _view(counters=counters, key=key, budgets=budgets, model_budgets=model_budgets, secret=secret)
     assert isinstance(view, KeyCreated)
     return view
@@ -157,8 +164,9 @@ async def update_key(
 ) -> KeyPublic:
     """Apply the fields present: name, budget, models, model_budgets (replaces the map), expires_at, blocked."""
     given = body.model_fields_set
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         key = await _live_key(session, key_id)
+        before = _snapshot(key, await load_budgets(session, "key", key_id), await _model_budgets(session, key_id))
         if "name" in given:
             key.name = body.name
         if "models" in given:
@@ -177,14 +185,17 @@ async def update_key(
         else:
             model_budgets = await _model_budgets(session, key_id)
         await session.flush()
+        change.updated("key", key_id, before, _snapshot(key, budgets, model_budgets), fields=given)
         view = await _view(counters=counters, key=key, budgets=budgets, model_budgets=model_budgets)
     return view
 
 
 async def delete_key(*, session: AsyncSession, facts: FactsCache, key_id: str) -> None:
     """Revoke the key now: stamp `deleted_at` and drop its budgets; its spend history stays."""
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         key = await _live_key(session, key_id)
+        before = _snapshot(key, await load_budgets(session, "key", key_id), await _model_budgets(session, key_id))
+        change.deleted("key", key_id, before, action="revoke")
         key.deleted_at = utcnow()
         session.add(key)
         await delete_budgets(session, "key", key_id)

@@ -14,6 +14,7 @@ from ..counters import Counters
 from ..errors import Conflict, NotFound
 from ..facts import FactsCache
 from ..tables import Budget, Team, TeamMember, User, utcnow
+from .audit import snapshot
 from .common import admin_read, admin_write, require
 from .ledger_view import ledger_lines, public_budget, read_ledgers
 from .schemas import MembershipCreate, MembershipPublic, MembershipUpdate
@@ -52,7 +53,7 @@ async def add_member(
     *, session: AsyncSession, counters: Counters, facts: FactsCache, team_id: str, body: MembershipCreate
 ) -> MembershipPublic:
     """Add an existing user to an existing team; 409 when they are a member already."""
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         await require(session, Team, team_id, kind="team")
         await require(session, User, body.user_id, kind="user", hint="create the user first")
         if await session.get(TeamMember, (team_id, body.user_id)) is not None:
@@ -64,6 +65,7 @@ async def add_member(
         entity_id = member_entity_id(team_id, body.user_id)
         budgets = await replace_budgets(session, _TYPE, entity_id, as_windows(body.budget), now=member.created_at)
         await session.flush()
+        change.created(_TYPE, entity_id, snapshot(member, budgets))
         view = await _view(counters=counters, member=member, budgets=budgets)
     return view
 
@@ -85,9 +87,10 @@ async def update_member(
     body: MembershipUpdate,
 ) -> MembershipPublic:
     """Change the member's budget (null: none) or block them within this team."""
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         member = await _membership(session, team_id, user_id)
         entity_id = member_entity_id(team_id, user_id)
+        before = snapshot(member, await load_budgets(session, _TYPE, entity_id))
         if "blocked" in body.model_fields_set and body.blocked is not None:
             member.blocked = body.blocked
             session.add(member)
@@ -96,13 +99,16 @@ async def update_member(
         else:
             budgets = await load_budgets(session, _TYPE, entity_id)
         await session.flush()
+        change.updated(_TYPE, entity_id, before, snapshot(member, budgets), fields=body.model_fields_set)
         view = await _view(counters=counters, member=member, budgets=budgets)
     return view
 
 
 async def remove_member(*, session: AsyncSession, facts: FactsCache, team_id: str, user_id: str) -> None:
     """Remove the user from the team with the membership's budget (its ledgers stay)."""
-    async with admin_write(session, facts=facts):
+    async with admin_write(session, facts=facts) as change:
         member = await _membership(session, team_id, user_id)
-        await delete_budgets(session, _TYPE, member_entity_id(team_id, user_id))
+        entity_id = member_entity_id(team_id, user_id)
+        change.deleted(_TYPE, entity_id, snapshot(member, await load_budgets(session, _TYPE, entity_id)))
+        await delete_budgets(session, _TYPE, entity_id)
         await session.delete(member)

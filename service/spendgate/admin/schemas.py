@@ -9,7 +9,7 @@ Money in responses is a decimal string, timestamps ISO 8601 UTC with "Z".
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -54,6 +54,7 @@ __all__ = [
     "KeyUpdate",
     "KeyPublic",
     "KeyCreated",
+    "Page",
 ]
 
 ID_MAX_LENGTH = 200
@@ -376,3 +377,15 @@ class KeyPublic(_Public):
 class KeyCreated(KeyPublic):
     #: The secret. Shown in this response only; Spendgate keeps only its hash.
     key: str
+
+
+# --- lists -------------------------------------------------------------------------------
+
+ItemT = TypeVar("ItemT", bound=BaseModel)
+
+
+class Page(BaseModel, Generic[ItemT]):
+    """One page of a list: pass `next_cursor` back as `cursor` for the next; null on the last page."""
+
+    items: list[ItemT]
+    next_cursor: str | None

@@ -11,12 +11,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
+from ..alerts.tasks import start_alerting
+from ..console import install_console
 from ..errors import SpendgateError
 from ..policy.reload import policy_reloader
 from ..reconcile.periodic import reconcile_periodically
 from ..runtime import Runtime, open_runtime
 from ..settings import Settings, get_settings
-from . import routes_admin, routes_decisions, routes_health, routes_metrics
+from . import (
+    routes_admin,
+    routes_admin_lists,
+    routes_alerts,
+    routes_decisions,
+    routes_decisions_report,
+    routes_health,
+    routes_metrics,
+    routes_reports,
+)
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
 
@@ -57,9 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.policy_reloader = reloader  # also without polling: /readyz reports its state
             if settings.policy_reload_seconds > 0:
                 tasks.append(asyncio.create_task(reloader.run(), name="spendgate-policy-reload"))
+            alerting = start_alerting(runtime)  # the outbox writer, recent decisions, webhook delivery
             try:
                 yield
             finally:
+                await alerting.stop()
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
@@ -72,5 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_decisions.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_admin_lists.router)
     app.include_router(routes_metrics.router)
+    app.include_router(routes_reports.router)
+    app.include_router(routes_alerts.router)
+    app.include_router(routes_decisions_report.router)
+    if settings.console:
+        install_console(app)
     return app

@@ -35,7 +35,8 @@ _DESCRIPTIONS: dict[int, tuple[type[SpendgateError], str]] = {
     for error, description in (
         (Unauthorized, "missing or wrong bearer token"),
         (NotFound, "the entity (or one the body references) does not exist"),
-        (Conflict, "the id is taken, or a record repeats a request_id with another cost or outcome"),
+        (Conflict, "the id is taken, something still depends on the entity, a concurrent admin change touched the "
+                   "same entities, or a record repeats a request_id with another cost or outcome"),
         (PayloadTooLarge, "the body is larger than SPENDGATE_MAX_BODY_BYTES"),
         (InvalidRequest, "malformed input: not JSON, not an object, or a field that is wrong (the message names it)"),
         (Unavailable, "a dependency (PostgreSQL, Redis, OPA) is down, or the replica is saturated; retry"),

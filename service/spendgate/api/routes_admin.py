@@ -1,7 +1,7 @@
 """/v1/admin/... (API.md "Admin routes") — thin wrappers over `spendgate.admin` services.
 
 Every route needs the admin token. POST answers 201, PATCH 200, DELETE 204; every entity
-answer carries its budget and current ledgers.
+answer carries its budget and current ledgers. Lists and the audit trail: `routes_admin_lists`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ _DELETED = status.HTTP_204_NO_CONTENT
 #: Error answers beyond the router's 401/422/503: a create may name a missing entity or a taken id.
 _CREATE_ERRORS = error_responses(404, 409, 413)
 _READ_ERRORS = error_responses(404)
-_UPDATE_ERRORS = error_responses(404, 413)
+#: A PATCH or DELETE may meet a concurrent admin change of the same entities (409); a DELETE also
+#: refuses while something still depends on the entity (deletion.py).
+_UPDATE_ERRORS = error_responses(404, 409, 413)
+_DELETE_ERRORS = error_responses(404, 409)
 
 # --- orgs ---------------------------------------------------------------------------------
 
@@ -80,7 +83,7 @@ async def patch_org(org_id: str, body: OrgUpdate, session: SessionDep, runtime: 
     )
 
 
-@router.delete("/orgs/{org_id}", status_code=_DELETED, responses=_READ_ERRORS)
+@router.delete("/orgs/{org_id}", status_code=_DELETED, responses=_DELETE_ERRORS)
 async def delete_org(org_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=ORG, entity_id=org_id)
 
@@ -105,7 +108,7 @@ async def patch_team(team_id: str, body: TeamUpdate, session: SessionDep, runtim
     )
 
 
-@router.delete("/teams/{team_id}", status_code=_DELETED, responses=_READ_ERRORS)
+@router.delete("/teams/{team_id}", status_code=_DELETED, responses=_DELETE_ERRORS)
 async def delete_team(team_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=TEAM, entity_id=team_id)
 
@@ -134,7 +137,7 @@ async def patch_membership(
     )
 
 
-@router.delete("/teams/{team_id}/members/{user_id}", status_code=_DELETED, responses=_READ_ERRORS)
+@router.delete("/teams/{team_id}/members/{user_id}", status_code=_DELETED, responses=_DELETE_ERRORS)
 async def delete_membership(team_id: str, user_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await remove_member(session=session, facts=runtime.facts, team_id=team_id, user_id=user_id)
 
@@ -159,7 +162,7 @@ async def patch_user(user_id: str, body: UserUpdate, session: SessionDep, runtim
     )
 
 
-@router.delete("/users/{user_id}", status_code=_DELETED, responses=_READ_ERRORS)
+@router.delete("/users/{user_id}", status_code=_DELETED, responses=_DELETE_ERRORS)
 async def delete_user(user_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=USER, entity_id=user_id)
 
@@ -182,7 +185,7 @@ async def patch_api_key(key_id: str, body: KeyUpdate, session: SessionDep, runti
     return await update_key(session=session, counters=runtime.counters, facts=runtime.facts, key_id=key_id, body=body)
 
 
-@router.delete("/keys/{key_id}", status_code=_DELETED, responses=_READ_ERRORS)
+@router.delete("/keys/{key_id}", status_code=_DELETED, responses=_DELETE_ERRORS)
 async def delete_api_key(key_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_key(session=session, facts=runtime.facts, key_id=key_id)
 
@@ -215,7 +218,7 @@ async def patch_end_user(end_user_id: str, body: TrackedUpdate, session: Session
     )
 
 
-@router.delete("/end-users/{end_user_id}", status_code=_DELETED, responses=_READ_ERRORS)
+@router.delete("/end-users/{end_user_id}", status_code=_DELETED, responses=_DELETE_ERRORS)
 async def delete_end_user(end_user_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=END_USER, entity_id=end_user_id)
 
@@ -240,6 +243,6 @@ async def patch_tag(tag_id: str, body: TrackedUpdate, session: SessionDep, runti
     )
 
 
-@router.delete("/tags/{tag_id}", status_code=_DELETED, responses=_READ_ERRORS)
+@router.delete("/tags/{tag_id}", status_code=_DELETED, responses=_DELETE_ERRORS)
 async def delete_tag(tag_id: str, session: SessionDep, runtime: RuntimeDep) -> None:
     await delete_entity(session=session, facts=runtime.facts, kind=TAG, entity_id=tag_id)

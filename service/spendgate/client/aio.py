@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal
@@ -16,7 +16,7 @@ import httpx
 
 from .errors import BudgetDenied, CostNotSet, SpendgateClientError
 from .guard import Guard, closing_record
-from .models import Authorization, Money, RecordResult
+from .models import Authorization, Money, Principal, RecordResult
 from .protocol import (
     AUTHORIZE_PATH,
     DEFAULT_TIMEOUT,
@@ -82,18 +82,21 @@ class AsyncSpendgateClient:
     async def authorize(
         self,
         *,
-        api_key: str,
+        api_key: str | None = None,
+        principal: Principal | None = None,
         model: str | None = None,
         estimated_cost: Money | None = None,
         end_user: str | None = None,
         tags: Sequence[str] = (),
         request_id: str | None = None,
+        usage: Mapping[str, int] | None = None,
     ) -> Authorization:
         """Ask whether a model call may go ahead (a new uuid4 request id unless one is given).
-        A denial is an `Authorization` with `allowed` false, not an exception."""
+        A denial is an `Authorization` with `allowed` false, not an exception. The caller is `api_key`
+        or, for a gateway that authenticates its own keys, `principal` (exactly one)."""
         body = authorize_body(
             request_id=request_id or str(uuid.uuid4()), api_key=api_key, model=model,
-            estimated_cost=estimated_cost, end_user=end_user, tags=tags,
+            estimated_cost=estimated_cost, end_user=end_user, tags=tags, principal=principal, usage=usage,
         )
         return parse(Authorization.from_json, await self._post(AUTHORIZE_PATH, body), route=AUTHORIZE_PATH)
 
@@ -101,18 +104,20 @@ class AsyncSpendgateClient:
         self,
         request_id: str,
         *,
-        cost: Money,
+        cost: Money | None = None,
         outcome: Literal["success", "failure"] = "success",
         api_key: str | None = None,
         model: str | None = None,
         end_user: str | None = None,
         tags: Sequence[str] = (),
+        principal: Principal | None = None,
+        usage: Mapping[str, int] | None = None,
     ) -> RecordResult:
-        """Charge what the call cost and release its reservation. `api_key` (and attribution) only
-        for a request that was never authorized."""
+        """Charge what the call cost (`cost`, or `usage` priced by the service) and release its
+        reservation. `api_key` or `principal` (and attribution) only for a request never authorized."""
         body = record_body(
             request_id=request_id, cost=cost, outcome=outcome, api_key=api_key, model=model,
-            end_user=end_user, tags=tags,
+            end_user=end_user, tags=tags, principal=principal, usage=usage,
         )
         return parse(RecordResult.from_json, await self._post(RECORD_PATH, body), route=RECORD_PATH)
 
@@ -120,7 +125,8 @@ class AsyncSpendgateClient:
     async def guard(
         self,
         *,
-        api_key: str,
+        api_key: str | None = None,
+        principal: Principal | None = None,
         model: str | None = None,
         estimated_cost: Money | None = None,
         end_user: str | None = None,
@@ -134,8 +140,8 @@ class AsyncSpendgateClient:
         block that set no cost is recorded as a failure and raises `CostNotSet`.
         """
         authorization = await self.authorize(
-            api_key=api_key, model=model, estimated_cost=estimated_cost, end_user=end_user, tags=tags,
-            request_id=request_id,
+            api_key=api_key, principal=principal, model=model, estimated_cost=estimated_cost, end_user=end_user,
+            tags=tags, request_id=request_id,
         )
         if not authorization.allowed:
             raise BudgetDenied(authorization)

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 __all__ = ["DENIAL_STATUS", "DEFAULT_DENIAL_STATUS", "denial_status"]
 
-#: Deny reason code → HTTP status for the gateway's caller.
+#: Deny reason code (every one of `spendgate.vocabulary.DENY_CODES`) → HTTP status for the gateway's caller.
 DENIAL_STATUS: Mapping[str, int] = MappingProxyType({
     "invalid_key": 401,
     "key_expired": 401,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 __all__ = [
     "Money",
     "to_wire",
+    "Principal",
     "Entity",
     "Reason",
     "Charge",
@@ -52,6 +53,20 @@ def _money_or_none(value: Any) -> Decimal | None:
 
 def _time_or_none(value: Any) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller as a gateway that authenticates its own keys knows it (ids, no secret): sent
+    instead of `api_key`; Spendgate creates the entities it has never seen (docs/api.md)."""
+
+    key: str
+    user: str | None = None
+    team: str | None = None
+    org: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"key": self.key, "user": self.user, "team": self.team, "org": self.org}
 
 
 @dataclass(frozen=True)

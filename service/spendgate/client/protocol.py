@@ -12,14 +12,14 @@ balancer with no replica behind it). A 4xx never changes on retry and is raised 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import httpx
 
 from .errors import SpendgateClientError, SpendgateRejected, SpendgateServerError, SpendgateUnavailable
-from .models import Money, to_wire
+from .models import Money, Principal, to_wire
 
 __all__ = [
     "AUTHORIZE_PATH",
@@ -107,32 +107,52 @@ def http_options(base_url: str, gateway_token: str, timeout: float | httpx.Timeo
 
 
 def authorize_body(
-    *, request_id: str, api_key: str, model: str | None, estimated_cost: Money | None,
-    end_user: str | None, tags: Sequence[str],
+    *, request_id: str, api_key: str | None, model: str | None, estimated_cost: Money | None,
+    end_user: str | None, tags: Sequence[str], principal: Principal | None = None,
+    usage: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
+    """`usage` ({"input_tokens", "max_output_tokens"}): priced by the service when `estimated_cost` is None."""
     if isinstance(tags, str):
         raise TypeError("tags must be a sequence of tag names, not one string")
-    body: dict[str, Any] = {"request_id": request_id, "api_key": api_key, "tags": list(tags)}
+    if (api_key is None) == (principal is None):
+        raise ValueError("pass exactly one of api_key (a Spendgate secret) or principal (your gateway's caller)")
+    body: dict[str, Any] = {"request_id": request_id, "tags": list(tags)}
+    if principal is not None:
+        body["principal"] = principal.to_json()
+    else:
+        body["api_key"] = api_key
     if model is not None:
         body["model"] = model
     if end_user is not None:
         body["end_user"] = end_user
     if estimated_cost is not None:
         body["estimated_cost"] = to_wire(estimated_cost, field="estimated_cost")
+    if usage is not None:
+        body["usage"] = dict(usage)
     return body
 
 
 def record_body(
-    *, request_id: str, cost: Money, outcome: Literal["success", "failure"], api_key: str | None,
-    model: str | None, end_user: str | None, tags: Sequence[str],
+    *, request_id: str, cost: Money | None, outcome: Literal["success", "failure"], api_key: str | None,
+    model: str | None, end_user: str | None, tags: Sequence[str], principal: Principal | None = None,
+    usage: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """A record; `api_key` and attribution are only needed when no authorize preceded it."""
+    """A record; `api_key` or `principal`, and attribution, are only needed when no authorize preceded it.
+    `usage` ({"input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens"}) is priced by
+    the service when `cost` is None; an explicit `cost` wins."""
     if outcome not in ("success", "failure"):
         raise ValueError(f"outcome must be 'success' or 'failure', not {outcome!r}")
-    body: dict[str, Any] = {"request_id": request_id, "cost": to_wire(cost, field="cost"), "outcome": outcome}
-    if api_key is not None:
+    if cost is None and usage is None:
+        raise ValueError("pass cost (what the call cost) or usage (its token counts, priced by the service)")
+    body: dict[str, Any] = {"request_id": request_id, "outcome": outcome}
+    if cost is not None:
+        body["cost"] = to_wire(cost, field="cost")
+    if usage is not None:
+        body["usage"] = dict(usage)
+    if api_key is not None or principal is not None:
         body |= authorize_body(
-            request_id=request_id, api_key=api_key, model=model, estimated_cost=None, end_user=end_user, tags=tags
+            request_id=request_id, api_key=api_key, model=model, estimated_cost=None, end_user=end_user, tags=tags,
+            principal=principal,
         )
     return body
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
@@ -14,7 +14,7 @@ import httpx
 
 from .errors import BudgetDenied, CostNotSet, SpendgateClientError
 from .guard import Guard, closing_record
-from .models import Authorization, Money, RecordResult
+from .models import Authorization, Money, Principal, RecordResult
 from .protocol import (
     AUTHORIZE_PATH,
     DEFAULT_TIMEOUT,
@@ -78,18 +78,21 @@ class SpendgateClient:
     def authorize(
         self,
         *,
-        api_key: str,
+        api_key: str | None = None,
+        principal: Principal | None = None,
         model: str | None = None,
         estimated_cost: Money | None = None,
         end_user: str | None = None,
         tags: Sequence[str] = (),
         request_id: str | None = None,
+        usage: Mapping[str, int] | None = None,
     ) -> Authorization:
         """Ask whether a model call may go ahead (a new uuid4 request id unless one is given).
-        A denial is an `Authorization` with `allowed` false, not an exception."""
+        A denial is an `Authorization` with `allowed` false, not an exception. The caller is `api_key`
+        or, for a gateway that authenticates its own keys, `principal` (exactly one)."""
         body = authorize_body(
             request_id=request_id or str(uuid.uuid4()), api_key=api_key, model=model,
-            estimated_cost=estimated_cost, end_user=end_user, tags=tags,
+            estimated_cost=estimated_cost, end_user=end_user, tags=tags, principal=principal, usage=usage,
         )
         return parse(Authorization.from_json, self._post(AUTHORIZE_PATH, body), route=AUTHORIZE_PATH)
 
@@ -97,18 +100,20 @@ class SpendgateClient:
         self,
         request_id: str,
         *,
-        cost: Money,
+        cost: Money | None = None,
         outcome: Literal["success", "failure"] = "success",
         api_key: str | None = None,
         model: str | None = None,
         end_user: str | None = None,
         tags: Sequence[str] = (),
+        principal: Principal | None = None,
+        usage: Mapping[str, int] | None = None,
     ) -> RecordResult:
-        """Charge what the call cost and release its reservation. `api_key` (and attribution) only
-        for a request that was never authorized."""
+        """Charge what the call cost (`cost`, or `usage` priced by the service) and release its
+        reservation. `api_key` or `principal` (and attribution) only for a request never authorized."""
         body = record_body(
             request_id=request_id, cost=cost, outcome=outcome, api_key=api_key, model=model,
-            end_user=end_user, tags=tags,
+            end_user=end_user, tags=tags, principal=principal, usage=usage,
         )
         return parse(RecordResult.from_json, self._post(RECORD_PATH, body), route=RECORD_PATH)
 
@@ -116,7 +121,8 @@ class SpendgateClient:
     def guard(
         self,
         *,
-        api_key: str,
+        api_key: str | None = None,
+        principal: Principal | None = None,
         model: str | None = None,
         estimated_cost: Money | None = None,
         end_user: str | None = None,
@@ -130,8 +136,8 @@ class SpendgateClient:
         block that set no cost is recorded as a failure and raises `CostNotSet`.
         """
         authorization = self.authorize(
-            api_key=api_key, model=model, estimated_cost=estimated_cost, end_user=end_user, tags=tags,
-            request_id=request_id,
+            api_key=api_key, principal=principal, model=model, estimated_cost=estimated_cost, end_user=end_user,
+            tags=tags, request_id=request_id,
         )
         if not authorization.allowed:
             raise BudgetDenied(authorization)

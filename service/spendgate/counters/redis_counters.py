@@ -19,7 +19,6 @@ authorize reserve again (evicted ledger hashes are harmless — they are rebuilt
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,19 +62,18 @@ def _ledger_ttl(ref: LedgerRef) -> str:
 
 
 def _decision_json(decision: StoredDecision) -> str:
-    return json.dumps(
+    return orjson.dumps(
         {
             "request_id": decision.request_id,
             "body": decision.body,
             "ledgers": [ref.to_json() for ref in decision.ledgers],
             "amount": decision.amount,
-        },
-        separators=(",", ":"),
-    )
+        }
+    ).decode()
 
 
 def _decision_from_json(raw: Any) -> StoredDecision:
-    data = json.loads(_text(raw))
+    data = orjson.loads(raw)
     return StoredDecision(
         request_id=data["request_id"],
         body=data["body"],

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..counters import Counters, Figures, Hold, StoredDecision
-from ..errors import PolicyError, Unavailable
+from ..errors import Unavailable
 from ..facts import FactsCache
 from ..money import format_nanos
 from ..policy import PolicyDecision, PolicyEngine
-from .candidates import Candidate, candidate_ledgers
+from ..pricing.quote import decision_pricing_input, price_usage
+from .candidates import Candidate, candidate_ledgers, charged_candidates
 from .models import AuthorizeRequest
 from .policy_input import build_input, iso
 
-__all__ = ["authorize", "charge_view", "has_room"]
+__all__ = ["Authorized", "authorize", "charge_view", "has_room"]
 
 #: Re-evaluations after losing a race for the last room on a ledger; each one sees newer figures.
 _MAX_ATTEMPTS = 8
@@ -46,25 +47,24 @@ def charge_view(candidate: Candidate, figures: Figures) -> dict[str, Any]:
         "spent": format_nanos(figures.spent),
         "reserved": format_nanos(figures.reserved),
         "limit": format_nanos(candidate.limit) if candidate.limit is not None else None,
+        "soft_budget": format_nanos(candidate.soft_budget) if candidate.soft_budget is not None else None,
         "remaining": remaining,
         "period_start": iso(ref.period_start),
         "resets_at": iso(ref.period_end),
     }
 
 
-def _charged(decision: PolicyDecision, candidates: list[Candidate]) -> list[Candidate]:
-    by_id = {c.ref.id: c for c in candidates}
-    unknown = [ledger for ledger in decision.charges if ledger not in by_id]
-    if unknown:
-        raise PolicyError(f"the policy charged ledgers that were not candidates: {', '.join(unknown)}")
-    return [by_id[ledger] for ledger in dict.fromkeys(decision.charges)]
+class Authorized(NamedTuple):
+    """The response body, and whether it is a stored decision answered again (a retry) rather than a new one."""
+
+    body: dict[str, Any]
+    replayed: bool
 
 
 def _body(
     request: AuthorizeRequest, decision: PolicyDecision, charged: list[Candidate], figures: dict[str, Figures],
-    expires_at: str | None, key_id: str | None,
+    expires_at: str | None, key_id: str | None, amount: int,
 ) -> dict[str, Any]:
-    amount = request.estimated_cost or 0
     return {
         "request_id": request.request_id,
         "decision": "allow" if decision.allow else "deny",
@@ -86,19 +86,24 @@ async def authorize(
     policy: PolicyEngine,
     ttl_seconds: int,
     clock: Callable[[], datetime],
-) -> dict[str, Any]:
+) -> Authorized:
     """The authorize response body (API.md). Idempotent per request id."""
     try:
         facts = await facts_cache.load(
-            api_key=request.api_key, model=request.model, end_user=request.end_user, tags=request.tags
+            api_key=request.api_key, principal=request.principal, model=request.model,
+            end_user=request.end_user, tags=request.tags,
         )
     except Unavailable:
         # The database is down, but a retry of a request already decided still gets its answer.
         prior = await counters.prior_decision(request.request_id)
         if prior is not None:
-            return prior.body
+            return Authorized(prior.body, replayed=True)
         raise
-    amount = request.estimated_cost or 0
+    # The explicit estimate wins; else `usage` is priced once, by the pricing policy, before the first
+    # decision, which then sees the price as `estimated_cost`. A second query rather than pricing inside
+    # the decision: the decision document (and the admission rules reading `estimated_cost`) stay as
+    # they are, requests that send a cost keep one query, and record asks the very same question.
+    estimate = request.estimated_cost
     for attempt in range(_MAX_ATTEMPTS):
         now = clock()
         candidates = candidate_ledgers(facts, now)
@@ -107,21 +112,28 @@ async def authorize(
             # Idempotency and the figures in one round trip: a retry returns the first decision.
             prior, figures = await counters.prior_and_read(request.request_id, refs)
             if prior is not None:
-                return prior.body
+                return Authorized(prior.body, replayed=True)
         else:
             figures = await counters.read(refs)
-        decision = await policy.decide(
-            build_input(
-                request_id=request.request_id, phase="authorize", model=request.model,
-                end_user=request.end_user, tags=request.tags, estimated_cost=request.estimated_cost,
-                now=now, facts=facts, candidates=candidates, figures=figures,
-            )
+        input_doc = build_input(
+            request_id=request.request_id, phase="authorize", model=request.model,
+            end_user=request.end_user, tags=request.tags, estimated_cost=estimate,
+            now=now, facts=facts, candidates=candidates, figures=figures,
         )
-        charged = _charged(decision, candidates)
+        if estimate is None and request.usage is not None:
+            quote = await price_usage(
+                policy=policy, input_doc=decision_pricing_input(input_doc, request.usage.pricing_usage()),
+                cost_field="estimated_cost",
+            )
+            estimate = quote.cost
+            input_doc["request"]["estimated_cost"] = estimate or None
+        amount = estimate or 0
+        decision = await policy.decide(input_doc)
+        charged = charged_candidates(decision, candidates)
         expires_at = iso(now + timedelta(seconds=ttl_seconds))
         stored = StoredDecision(
             request.request_id,
-            _body(request, decision, charged, figures, expires_at, facts.key.id if facts.key else None),
+            _body(request, decision, charged, figures, expires_at, facts.key.id if facts.key else None, amount),
             tuple(c.ref for c in charged),
             amount if decision.allow else 0,
         )
@@ -133,7 +145,8 @@ async def authorize(
         ] if decision.allow else []
         outcome = await counters.commit_decision(decision=stored, holds=holds, ttl_seconds=ttl_seconds, now=now)
         if outcome.status in ("committed", "duplicate") and outcome.stored is not None:
-            return outcome.stored.body
-    raise PolicyError(
-        f"request {request.request_id!r}: the budgets it touches kept changing under it; retry the authorize"
+            return Authorized(outcome.stored.body, replayed=outcome.status == "duplicate")
+    # Lost every race for the last room: contention, not a broken policy — a retry may well succeed.
+    raise Unavailable(
+        "the budgets", f"request {request.request_id!r}: the ledgers it touches kept changing under it"
     )

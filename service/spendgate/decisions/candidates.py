@@ -5,13 +5,16 @@ Which of them are charged is the attribution policy's call, not this module's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+from ..errors import PolicyError
 from ..facts import EntityFacts, RequestFacts
 from ..ledgers import LedgerRef, ledger_for_budget
+from ..policy import PolicyDecision
 
-__all__ = ["Candidate", "candidate_ledgers"]
+__all__ = ["Candidate", "candidate_ledgers", "charged_candidates"]
 
 
 class Candidate(NamedTuple):
@@ -40,3 +43,14 @@ def candidate_ledgers(facts: RequestFacts, at: datetime) -> list[Candidate]:
         for candidate in _for_entity(entity, at):
             seen.setdefault(candidate.ref.id, candidate)
     return list(seen.values())
+
+
+def charged_candidates(decision: PolicyDecision, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates the policy charges, in its order, once each — for authorize and record alike,
+    so the ledgers checked are the ledgers charged (DESIGN invariant 1). A charge naming a ledger
+    that was not offered is a policy bug, refused in both phases rather than dropped in one."""
+    by_id = {c.ref.id: c for c in candidates}
+    unknown = [ledger for ledger in decision.charges if ledger not in by_id]
+    if unknown:
+        raise PolicyError(f"the policy charged ledgers that were not candidates: {', '.join(unknown)}")
+    return [by_id[ledger] for ledger in dict.fromkeys(decision.charges)]

@@ -9,23 +9,26 @@ The decision log is one JSON line per decision on the logger `spendgate.decision
 codes, amounts and latency. It never holds the api_key secret or its hash: entries are built
 from the response body and the request's amounts only, never from the request itself. With
 the setting `decision_log` off, or the logger not enabled for INFO, nothing is built; when on,
-a decision costs one `json.dumps`. Stdlib logging is synchronous: a deployment that wants the
+a decision costs one `orjson.dumps`. Stdlib logging is synchronous: a deployment that wants the
 handler's I/O off the request path attaches a `logging.handlers.QueueHandler` to the logger.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import uuid
 from time import perf_counter
 from typing import Any, cast
 
-from ..counters import CommitOutcome, Counters, StoredDecision
+import orjson
+
+from ..alerts.events import refusal_drafts
+from ..counters import Counters
+from ..decision_store import row_from_answer
 from ..errors import RecordConflict, SpendgateError
 from ..facts import FactsCache
-from ..ledgers import LedgerStore
+from ..ledger_store import LedgerStore
 from ..money import format_nanos
 from ..policy import PolicyEngine
 from ..runtime import Runtime
@@ -65,37 +68,12 @@ class _Timed:
         return timed
 
 
-class _TimedCounters(_Timed):
-    """Also notices when authorize answered with a stored decision (a replay) instead of deciding."""
-
-    __slots__ = ("replayed",)
-
-    def __init__(self, target: Counters, timings: dict[str, float]) -> None:
-        super().__init__(target, "counters", timings)
-        self.replayed = False
-
-    async def prior_decision(self, request_id: str) -> StoredDecision | None:
-        prior: StoredDecision | None = await _Timed.__getattr__(self, "prior_decision")(request_id)
-        self.replayed = prior is not None
-        return prior
-
-    async def prior_and_read(self, request_id: str, ledgers: Any) -> tuple[StoredDecision | None, Any]:
-        found: tuple[StoredDecision | None, Any] = await _Timed.__getattr__(self, "prior_and_read")(request_id, ledgers)
-        self.replayed = found[0] is not None
-        return found
-
-    async def commit_decision(self, **kwargs: Any) -> CommitOutcome:
-        outcome: CommitOutcome = await _Timed.__getattr__(self, "commit_decision")(**kwargs)
-        self.replayed = outcome.status == "duplicate"
-        return outcome
-
-
 def _charges(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"type": c["entity"]["type"], "id": c["entity"]["id"], "window": c["window"]} for c in body["charges"]]
 
 
 def _emit(entry: dict[str, Any]) -> None:
-    decision_log.info(json.dumps({"decision_id": str(uuid.uuid4()), **entry}, separators=(",", ":"), default=str))
+    decision_log.info(orjson.dumps({"decision_id": str(uuid.uuid4()), **entry}, default=str).decode())
 
 
 def _logging(runtime: Runtime) -> bool:
@@ -106,13 +84,12 @@ async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> 
     """`authorize` with stage timings, decision counts and a decision-log line."""
     metrics = runtime.metrics
     timings: dict[str, float] = {}
-    counters = _TimedCounters(runtime.counters, timings)
     start = perf_counter()
     try:
-        body = await authorize(
+        answer = await authorize(
             request=request,
             facts_cache=cast(FactsCache, _Timed(runtime.facts, "facts", timings)),
-            counters=cast(Counters, counters),
+            counters=cast(Counters, _Timed(runtime.counters, "counters", timings)),
             policy=cast(PolicyEngine, _Timed(runtime.policy, "policy", timings)),
             ttl_seconds=runtime.settings.reservation_ttl,
             clock=runtime.clock,
@@ -123,14 +100,21 @@ async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> 
     elapsed = perf_counter() - start
     timings["total"] = elapsed
     metrics.observe_stages("authorize", timings)
-    if counters.replayed:
+    body = answer.body
+    if answer.replayed:
         metrics.authorize_replays.inc()
         return body
     metrics.count_decision("authorize", body["decision"])
     if body["reasons"]:
         metrics.count_reasons(body["reasons"])
+    decision_id = str(uuid.uuid4())
+    if runtime.background is not None and (body["decision"] == "deny" or body["alerts"]):
+        # Off the decision path: queued here, written by the background writer (decision_store/writer.py).
+        now = runtime.clock()
+        runtime.background.offer(row_from_answer(body, at=now, decision_id=decision_id), refusal_drafts(body, now))
     if _logging(runtime):
         _emit({
+            "decision_id": decision_id,
             "request_id": body["request_id"],
             "phase": "authorize",
             "decision": body["decision"],
@@ -169,7 +153,7 @@ async def observed_record(*, runtime: Runtime, request: RecordRequest) -> dict[s
                 "phase": "record",
                 "decision": "conflict",
                 "outcome": request.outcome,
-                "cost": format_nanos(request.cost),
+                "cost": None if request.cost is None else format_nanos(request.cost),
                 "reasons": [{"code": "conflict", "entity": None}],
                 "latency_ms": round((perf_counter() - start) * 1000, 3),
             })
@@ -186,6 +170,8 @@ async def observed_record(*, runtime: Runtime, request: RecordRequest) -> dict[s
         metrics.record_duplicates.inc()
     else:
         metrics.count_record(body["outcome"])
+        if body.get("after_denial"):
+            metrics.records_after_denial.inc()
     if _logging(runtime):
         _emit({
             "request_id": body["request_id"],

@@ -79,6 +79,8 @@ def build_input(
             "now": iso(now),
             "now_ns": ns(now),
         },
+        # A fact, not a policy: "api_key" (a Spendgate secret) or "gateway" (a principal it asserted).
+        "identity": {"source": facts.identity_source},
         "key": None
         if key is None
         else {

@@ -51,6 +51,7 @@ class AuthorizeCharge(_Shape):
     spent: Money
     reserved: Money
     limit: Money | None
+    soft_budget: Money | None = Field(default=None, description="the alert threshold of this budget; null without one")
     remaining: Money | None = Field(description="limit - spent - reserved, never below 0; null without a limit")
     period_start: datetime
     resets_at: datetime | None
@@ -116,6 +117,20 @@ class RecordCharge(_Shape):
     resets_at: datetime | None
 
 
+class PriceAdjustment(_Shape):
+    entity: EntityRef
+    basis_points: int = Field(description="the markup (positive) or discount (negative) in 1/100 of a percent")
+
+
+class Priced(_Shape):
+    """How a cost was priced from `usage` by the pricing policy."""
+
+    model: str = Field(description="the price-table entry used", examples=["gpt-4o"])
+    list_cost: Money = Field(description="the cost at the table's price, before any adjustment")
+    adjustment: PriceAdjustment | None = Field(description="the operator's adjustment that applied, or null")
+    policy_revision: str = Field(description="the policy revision (price table included) that priced it")
+
+
 class RecordResponse(_Shape):
     """200 for a new record and for a retry of it (`duplicate: true`, nothing charged again)."""
 
@@ -126,3 +141,11 @@ class RecordResponse(_Shape):
     outcome: Literal["success", "failure"]
     charges: list[RecordCharge]
     policy_revision: str | None
+    priced: Priced | None = Field(
+        default=None, description="how `cost` was priced from `usage`; null when the cost was sent (or 0)"
+    )
+    after_denial: bool = Field(
+        default=False,
+        description="true when the authorize of this request_id was denied: the spend is charged anyway (the money "
+        "is spent) and reported as enforcement bypassed",
+    )

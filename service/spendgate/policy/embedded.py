@@ -11,13 +11,22 @@ from typing import Any
 # and a policy error is an ordinary event here); library backtraces are never shown anyway.
 os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
 
+import orjson  # noqa: E402
 import regorus  # noqa: E402  (after the environment it reads)
 
 from ..errors import PolicyError
-from .engine import DECISION_QUERY, PolicyDecision, decision_from_result
+from .engine import DECISION_QUERY, PRICING_QUERY, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
 from .loader import PolicySet
 
 __all__ = ["EmbeddedEngine", "compile_policy_set", "clean_engine_message"]
+
+
+def _input_json(input_doc: dict[str, Any]) -> str:
+    """orjson (C core) for the per-call input; the stdlib for an integer past 64 bits, which orjson refuses."""
+    try:
+        return orjson.dumps(input_doc).decode()
+    except TypeError:
+        return json.dumps(input_doc)
 
 
 _LOCATION = re.compile(r"-->\s*(?P<where>\S+:\d+:\d+)")
@@ -71,16 +80,25 @@ class EmbeddedEngine:
         self._engine, self._revision = engine, policies.revision
 
     async def decide(self, input_doc: dict[str, Any]) -> PolicyDecision:
+        value, revision = self._evaluate(DECISION_QUERY, input_doc)
+        return decision_from_result(value, revision=revision)
+
+    async def price(self, input_doc: dict[str, Any]) -> PriceQuote:
+        value, revision = self._evaluate(PRICING_QUERY, input_doc)
+        return quote_from_result(value, revision=revision)
+
+    def _evaluate(self, query: str, input_doc: dict[str, Any]) -> tuple[Any, str]:
+        """The query's value (None when undefined) and the revision that gave it."""
         engine, revision = self._engine, self._revision
         try:
-            engine.set_input_json(json.dumps(input_doc))
+            engine.set_input_json(_input_json(input_doc))
             # A query, not eval_rule: that raises "not a valid rule path" when no module defines the
-            # rule at all, where OPA (and the port) answer undefined, i.e. a denial.
-            raw = engine.eval_query_as_json(DECISION_QUERY)
+            # rule at all, where OPA (and the port) answer undefined.
+            raw = engine.eval_query_as_json(query)
         except RuntimeError as exc:
             raise PolicyError(f"policy evaluation failed: {clean_engine_message(exc)}") from exc
-        rows = json.loads(raw).get("result") or []
-        return decision_from_result(rows[0]["expressions"][0]["value"] if rows else None, revision=revision)
+        rows = json.loads(raw).get("result") or []  # exact integers, however long
+        return (rows[0]["expressions"][0]["value"] if rows else None), revision
 
     async def start(self) -> None:
         return None

@@ -9,7 +9,8 @@ exactly the modules and data the embedded engine would:
   (`spendgate/config` for the shipped set), never a wider path: data other tools keep in OPA stays.
 
 `decide` POSTs `{"input": ...}` to `/v1/data/spendgate/decision/result` and passes `result` (absent:
-undefined) through `decision_from_result`, so an undefined or malformed result is a denial.
+undefined) through `decision_from_result`, so an undefined or malformed result is a denial. `price`
+does the same with `/v1/data/spendgate/pricing/result` and `quote_from_result` (malformed: PolicyError).
 
 Errors. OPA unreachable, silent for `timeout_seconds` or answering 5xx: `Unavailable("opa", ...)`
 (503). OPA refusing the set (a 4xx on a push: a module that does not compile, data that conflicts
@@ -52,7 +53,7 @@ from opa_client.errors import DeleteDataError, DeletePolicyError, PolicyNotFound
 
 from ..errors import PolicyError, Unavailable
 from .embedded import EmbeddedEngine
-from .engine import DECISION_PATH, PolicyDecision, decision_from_result
+from .engine import DECISION_PATH, PRICING_PATH, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
 from .loader import PolicySet
 
 __all__ = ["OpaEngine", "POLICY_ID_PREFIX", "policy_id", "data_documents"]
@@ -178,6 +179,7 @@ class OpaEngine:
         self._gate = _Gate()
         self._fallback = EmbeddedEngine(policies) if fail_open else None
         self._decision_url = f"{self._client.root_url}/data/{'/'.join(DECISION_PATH)}"
+        self._pricing_url = f"{self._client.root_url}/data/{'/'.join(PRICING_PATH)}"
 
     @property
     def revision(self) -> str:
@@ -192,12 +194,23 @@ class OpaEngine:
 
     async def decide(self, input_doc: dict[str, Any]) -> PolicyDecision:
         try:
-            return await self._decide(input_doc)
+            result, revision = await self._query(self._decision_url, input_doc)
         except Unavailable as exc:
             if self._fallback is None:
                 raise
             log.warning("%s; deciding in-process on the same policy set (fail_open)", exc.message)
             return await self._fallback.decide(input_doc)
+        return decision_from_result(result, revision=revision)
+
+    async def price(self, input_doc: dict[str, Any]) -> PriceQuote:
+        try:
+            result, revision = await self._query(self._pricing_url, input_doc)
+        except Unavailable as exc:
+            if self._fallback is None:
+                raise
+            log.warning("%s; pricing in-process on the same policy set (fail_open)", exc.message)
+            return await self._fallback.price(input_doc)
+        return quote_from_result(result, revision=revision)
 
     async def is_ready(self) -> bool:
         """OPA answers /health and holds this revision's modules (pushed again if OPA lost them)."""
@@ -236,34 +249,35 @@ class OpaEngine:
 
     # -- deciding ---------------------------------------------------------------------------------
 
-    async def _decide(self, input_doc: dict[str, Any]) -> PolicyDecision:
+    async def _query(self, url: str, input_doc: dict[str, Any]) -> tuple[Any, str]:
+        """The document at `url` for the input (None when undefined) and the revision that gave it."""
         payload = json.dumps({"input": input_doc})
         for attempt in (1, 2):
             await self._ensure_installed(wait=self._timeout)
             async with self._gate.reading(self._timeout):
                 revision = self._policies.revision
-                body = await self._evaluate(payload)
+                body = await self._evaluate(url, payload)
             if "result" in body or attempt == 2 or not (await self._compare_modules(sources=False))[0]:
                 break
             log.warning("OPA no longer holds policy revision %s (restarted?); pushing it again", revision)
             self._installed = None
-        return decision_from_result(body.get("result"), revision=revision)
+        return body.get("result"), revision
 
-    async def _evaluate(self, payload: str) -> dict[str, Any]:
+    async def _evaluate(self, url: str, payload: str) -> dict[str, Any]:
         # Posted through the client's own aiohttp session, not query_rule(): that one calls
         # raise_for_status() and drops OPA's error body, so an evaluation error (a 500 carrying
         # eval_* errors: a policy bug, PolicyError) could not be told from OPA being in trouble.
         session = await self._session()
         for attempt in (1, 2):
             try:
-                async with session.post(self._decision_url, data=payload, headers=_JSON) as response:
+                async with session.post(url, data=payload, headers=_JSON) as response:
                     status, raw = response.status, await response.read()
                 break
             except aiohttp.ServerDisconnectedError as exc:  # a pooled keep-alive connection OPA had closed
                 if attempt == 2:
                     raise Unavailable("opa", f"{self._url} closed the connection: {exc}") from exc
             except _NETWORK_ERRORS as exc:
-                raise Unavailable("opa", f"{self._url} did not answer the decision query: {self._why(exc)}") from exc
+                raise Unavailable("opa", f"{self._url} did not answer the policy query: {self._why(exc)}") from exc
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -275,7 +289,7 @@ class OpaEngine:
         if status == 500 and isinstance(errors, list) and any(_is_eval_error(e) for e in errors):
             raise PolicyError(f"policy evaluation failed: {_opa_message(error.get('message'), errors)}")
         text = _opa_message(error.get("message"), errors) if error else raw[:200].decode(errors="replace")
-        raise Unavailable("opa", f"{self._url} answered the decision query with HTTP {status}: {text}")
+        raise Unavailable("opa", f"{self._url} answered the policy query with HTTP {status}: {text}")
 
     # -- pushing ----------------------------------------------------------------------------------
 

@@ -1,0 +1,118 @@
+"""Admit and settle LiteLLM calls through Spendgate: the integration's logic, without litellm itself.
+
+`admit()` runs in the pre-call hook: one authorize; a denial becomes the status of
+`spendgate.client.denial_status` (402 budget, 401 key, 403 blocked or model) with Spendgate's
+reasons in the body. When Spendgate cannot answer, the call is refused with 503 — or, with
+SPENDGATE_FAIL_OPEN, let through and recorded afterwards as a record with no authorize. Nothing
+here lets an exception other than `HTTPException` out of the hook: LiteLLM would answer 500.
+
+`settle()` runs in LiteLLM's success and failure events: exactly one record per admitted call,
+with the call's real cost (`standard_logging_object.response_cost`). Record is idempotent per
+request id, so even an event fired twice charges once.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any, Literal
+
+from fastapi import HTTPException
+
+from ...client import AsyncSpendgateClient, Authorization, SpendgateClientError, SpendgateRejected, denial_status
+from .calls import Attribution, Identity, Ticket, new_request_id
+from .settings import LiteLLMSettings
+
+__all__ = ["Gate", "denial_exception", "unavailable_exception"]
+
+log = logging.getLogger("spendgate.integrations.litellm")
+
+
+def denial_exception(authorization: Authorization) -> HTTPException:
+    """The client's answer to a denial: the deny-status table's status, Spendgate's reasons in the body."""
+    reasons = authorization.reasons
+    status = denial_status(reason.code for reason in reasons)
+    first = next((r for r in reasons if denial_status([r.code]) == status), reasons[0] if reasons else None)
+    message = "; ".join(reason.message for reason in reasons) or "refused by Spendgate's policy"
+    return HTTPException(status_code=status, detail={"error": {
+        "code": first.code if first else "denied",
+        "message": f"Spendgate refused this request: {message}",
+        "request_id": authorization.request_id,
+        "reasons": [
+            {"code": r.code, "message": r.message, "entity": {"type": r.entity.type, "id": r.entity.id}
+             if r.entity else None}
+            for r in reasons
+        ],
+    }})
+
+
+def unavailable_exception(reason: str) -> HTTPException:
+    return HTTPException(status_code=503, detail={"error": {
+        "code": "spendgate_unavailable",
+        "message": f"The budget service could not decide on this request ({reason}); retry shortly.",
+    }})
+
+
+class Gate:
+    """One per LiteLLM process: the Spendgate client (one connection pool) and the fail mode."""
+
+    def __init__(self, settings: LiteLLMSettings, client: AsyncSpendgateClient | None = None) -> None:
+        self.settings = settings
+        self.client = client or AsyncSpendgateClient(
+            settings.url, settings.gateway_token.get_secret_value(), timeout=settings.timeout,
+            retries=settings.retries,
+        )
+
+    async def admit(
+        self, *, identity: Identity, attribution: Attribution, estimate: Decimal | None, call_id: object,
+        key_hash: str | None = None,
+    ) -> Ticket:
+        """Authorize one call; returns its ticket or raises the `HTTPException` to answer with."""
+        request_id = new_request_id(call_id)
+        try:
+            authorization = await self.client.authorize(
+                **identity.fields(), model=attribution.model, end_user=attribution.end_user,
+                tags=attribution.tags, estimated_cost=estimate, request_id=request_id,
+            )
+        except SpendgateRejected as exc:
+            if exc.status == 422:  # something in the caller's request (an end user or tag Spendgate refuses)
+                message = f"Spendgate refused this request's fields: {exc.server_message}"
+                raise HTTPException(status_code=400, detail={"error": {"code": "invalid_request", "message": message}}
+                                    ) from exc
+            return self._unreachable(exc, request_id, identity, attribution, key_hash)
+        except Exception as exc:  # noqa: BLE001 — unreachable, or anything else: LiteLLM would answer 500
+            return self._unreachable(exc, request_id, identity, attribution, key_hash)
+        if not authorization.allowed:
+            raise denial_exception(authorization)
+        return Ticket(request_id, True, attribution, key_hash=key_hash, principal=identity.principal)
+
+    def _unreachable(
+        self, exc: Exception, request_id: str, identity: Identity, attribution: Attribution, key_hash: str | None,
+    ) -> Ticket:
+        reason = exc.message if isinstance(exc, SpendgateClientError) else f"{type(exc).__name__}: {exc}"
+        if not self.settings.fail_open:
+            log.warning("request %s refused with 503: %s (SPENDGATE_FAIL_OPEN=true lets calls through instead)",
+                        request_id, reason)
+            raise unavailable_exception("Spendgate did not answer") from exc
+        log.warning("request %s let through unauthorized (SPENDGATE_FAIL_OPEN): %s", request_id, reason)
+        return Ticket(request_id, False, attribution, key_hash=key_hash, principal=identity.principal)
+
+    async def settle(
+        self, ticket: Ticket, *, cost: Decimal, outcome: Literal["success", "failure"], identity: Identity | None,
+    ) -> None:
+        """Record the call once. A call let through unauthorized is recorded with its identity
+        (`identity`; None when it is no longer known — then nothing can be charged)."""
+        extra: dict[str, Any] = {}
+        if not ticket.authorized:
+            if identity is None:
+                log.error("request %s: cost %s not recorded: its key is no longer known to this process",
+                          ticket.request_id, cost)
+                return
+            attribution = ticket.attribution
+            extra = identity.fields() | {"model": attribution.model, "end_user": attribution.end_user,
+                                         "tags": attribution.tags}
+        try:
+            await self.client.record(ticket.request_id, cost=cost, outcome=outcome, **extra)
+        except SpendgateClientError as exc:
+            log.error("request %s: recording %s (%s) failed: %s; its reservation expires on its own",
+                      ticket.request_id, cost, outcome, exc.message)

@@ -1,0 +1,214 @@
+"""The authoritative ledger store (Postgres / SQLite): spend events, ledger totals, rollups.
+
+Recording a request writes its spend event, the ledger increments and the report rollups in
+one transaction; the spend event's primary key makes it happen once. Records that arrive
+together are group-committed by `record_batch.RecordBatcher`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .db import SessionFactory, execute_core, wrap_database_errors
+from .ledgers import LedgerRef, LedgerSnapshot, charged_refs
+from .pg_direct import direct_transaction
+from .record_batch import BatchItem, InTransaction, RecordBatcher, WrittenBatch
+from .reports.rollups import SpendRollupWriter
+from .tables import Ledger, SpendEvent, utcnow
+
+__all__ = ["LedgerStore", "RecordedSpend"]
+
+
+class RecordedSpend(NamedTuple):
+    """What a record wrote (or found already written, when `duplicate`)."""
+
+    event: SpendEvent
+    duplicate: bool
+    snapshots: tuple[LedgerSnapshot, ...]
+
+
+class LedgerStore:
+    """Reads and writes of the ledger tables. Every write is one transaction."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        batch_max: int = 64,
+        batch_concurrency: int = 2,
+        in_transaction: Sequence[InTransaction] = (),
+    ) -> None:
+        self._sessions = sessions
+        #: Written in every record transaction after the events and ledgers (`record_batch.py`);
+        #: the report rollups always, then these (append to add one at start-up).
+        self.in_transaction: list[InTransaction] = [SpendRollupWriter(), *in_transaction]
+        engine = sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError("LedgerStore needs a session factory bound to an AsyncEngine")
+        self._engine = engine
+        #: PostgreSQL records are group-committed (record_batch.py); SQLite writes one at a time.
+        self._batcher = (
+            RecordBatcher(self._write_batch, max_batch=batch_max, concurrency=batch_concurrency)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
+
+    async def snapshots(self, ledger_ids: Sequence[str]) -> dict[str, LedgerSnapshot]:
+        """Current `spent`/`version` of the given ledgers; absent ledgers are simply missing."""
+        if not ledger_ids:
+            return {}
+        async with wrap_database_errors(), self._sessions() as session:
+            columns = Ledger.__table__.c  # type: ignore[attr-defined]
+            rows = await execute_core(
+                session, select(columns.ledger_id, columns.spent, columns.version).where(columns.ledger_id.in_(ledger_ids))
+            )
+            return {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in rows.all()}
+
+    async def find_event(self, request_id: str) -> SpendEvent | None:
+        async with wrap_database_errors(), self._sessions() as session:
+            return await session.get(SpendEvent, request_id)
+
+    async def record(self, *, event: SpendEvent, ledgers: Sequence[LedgerRef]) -> RecordedSpend:
+        """Insert the spend event and add its cost to every ledger — once, in one transaction.
+
+        A second call for the same request id writes nothing and returns the first event
+        with `duplicate=True` (the caller compares cost and outcome). The ledger upsert is one
+        statement whose rows come in ledger-id order, so concurrent records lock rows in the
+        same order and never deadlock. On PostgreSQL the write shares a transaction with the
+        records that queued beside it (`record_batch.py`); it still returns only once committed.
+        """
+        ordered = tuple(sorted({ref.id: ref for ref in ledgers}.values(), key=lambda ref: ref.id))
+        if self._batcher is not None:
+            written = await self._batcher.submit(event, ordered)
+            if written is not None:
+                return RecordedSpend(event, False, written)
+        else:
+            async with wrap_database_errors(), self._sessions() as session:
+                async with session.begin():
+                    inserted = (
+                        await execute_core(
+                            session,
+                            sqlite_insert(_EVENTS)
+                            .values(**event.model_dump())
+                            .on_conflict_do_nothing(index_elements=["request_id"])
+                            .returning(_EVENTS.c.request_id),
+                        )
+                    ).first()
+                    snapshots = await self._add_spend(session, ordered, event.cost) if inserted is not None else ()
+                    if inserted is not None:
+                        one = WrittenBatch((event,), {snap.ledger_id: snap for snap in snapshots})
+                        for writer in self.in_transaction:
+                            await writer.sqlite(session, one)
+            if inserted is not None:
+                return RecordedSpend(event, False, snapshots)
+        existing = await self.find_event(event.request_id)
+        if existing is None:  # pragma: no cover - the conflicting row cannot vanish: events are never deleted
+            raise RuntimeError(f"spend event {event.request_id!r} conflicted but cannot be read")
+        current = await self.snapshots([ref.id for ref in charged_refs(existing)])
+        return RecordedSpend(existing, True, tuple(current.values()))
+
+    async def _write_batch(self, items: Sequence[BatchItem]) -> dict[str, tuple[LedgerSnapshot, ...] | None]:
+        """PostgreSQL: insert the batch's events and add their costs to the ledgers, in one
+        transaction of two statements (on asyncpg directly: `pg_direct.py` says why). Events go
+        in request-id order and ledger rows in ledger-id order, so concurrent batches (any
+        replica) lock in the same order."""
+        events = sorted((item.event for item in items), key=lambda event: event.request_id)
+        async with direct_transaction(self._engine) as connection:
+            rows = await connection.fetch(
+                _PG_INSERT_EVENTS,
+                *_columns(events, "request_id", "cost", "outcome", "key_id", "model"),
+                [json.dumps(event.charges) for event in events],
+                *_columns(events, "policy_revision", "created_at"),
+            )
+            inserted = {row[0] for row in rows}
+            deltas: dict[str, int] = defaultdict(int)
+            refs: dict[str, LedgerRef] = {}
+            for item in items:
+                if item.event.request_id in inserted:
+                    for ref in item.ledgers:
+                        deltas[ref.id] += item.event.cost
+                        refs[ref.id] = ref
+            ordered = sorted(refs.values(), key=lambda ref: ref.id)
+            updated = await connection.fetch(
+                _PG_ADD_SPEND,
+                *_columns(ordered, "id", "entity_type", "entity_id", "window", "period_start", "period_end"),
+                [deltas[ref.id] for ref in ordered],
+                utcnow(),
+            ) if ordered else []
+            by_id = {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in updated}
+            if inserted:
+                batch = WrittenBatch(tuple(event for event in events if event.request_id in inserted), by_id)
+                for writer in self.in_transaction:
+                    await writer.postgres(connection, batch)
+        return {
+            item.event.request_id: tuple(by_id[ref.id] for ref in item.ledgers)
+            if item.event.request_id in inserted else None
+            for item in items
+        }
+
+    @staticmethod
+    async def _add_spend(session: Any, ordered: Sequence[LedgerRef], cost: int) -> tuple[LedgerSnapshot, ...]:
+        """SQLite: one upsert per ledger (PostgreSQL records go through `_write_batch`)."""
+        if not ordered:
+            return ()
+        now = utcnow()
+        rows: list[Any] = []
+        for ref in ordered:  # SQLite: one upsert per ledger, in ledger-id order
+            values = sqlite_insert(_LEDGERS).values(
+                ledger_id=ref.id, entity_type=ref.entity_type, entity_id=ref.entity_id, window=ref.window,
+                period_start=ref.period_start, period_end=ref.period_end, spent=cost, reserved=0, version=1,
+                updated_at=now,
+            )
+            statement = values.on_conflict_do_update(
+                index_elements=["ledger_id"],
+                set_={
+                    "spent": _LEDGERS.c.spent + values.excluded.spent,
+                    "version": _LEDGERS.c.version + 1,
+                    "updated_at": values.excluded.updated_at,
+                },
+            ).returning(_LEDGERS.c.ledger_id, _LEDGERS.c.spent, _LEDGERS.c.version)
+            rows.extend((await execute_core(session, statement)).all())
+        found = {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in rows}
+        return tuple(found[ref.id] for ref in ordered)
+
+
+#: Adds each ledger's delta ($7) — inserting ledgers never charged before — in ledger-id order.
+_PG_ADD_SPEND = """
+    INSERT INTO ledgers (ledger_id, entity_type, entity_id, "window", period_start, period_end,
+                         spent, reserved, version, updated_at)
+    SELECT l.ledger_id, l.entity_type, l.entity_id, l."window", l.period_start, l.period_end, l.cost, 0, 1, $8
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::bigint[])
+         WITH ORDINALITY AS l(ledger_id, entity_type, entity_id, "window", period_start, period_end, cost, position)
+    ORDER BY l.position
+    ON CONFLICT (ledger_id) DO UPDATE SET spent = ledgers.spent + excluded.spent,
+        version = ledgers.version + 1, updated_at = excluded.updated_at
+    RETURNING ledger_id, spent, version
+"""
+
+#: Inserts a batch's spend events in the given order; returns the ids that were new.
+_PG_INSERT_EVENTS = """
+    INSERT INTO spend_events (request_id, cost, outcome, key_id, model, charges, policy_revision, created_at)
+    SELECT e.request_id, e.cost, e.outcome, e.key_id, e.model, e.charges::json, e.policy_revision, e.created_at
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::timestamptz[])
+         WITH ORDINALITY AS e(request_id, cost, outcome, key_id, model, charges, policy_revision, created_at, position)
+    ORDER BY e.position
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+"""
+
+
+_EVENTS: Table = SpendEvent.__table__  # type: ignore[attr-defined]
+_LEDGERS: Table = Ledger.__table__  # type: ignore[attr-defined]
+
+
+def _columns(rows: Sequence[Any], *names: str) -> list[list[Any]]:
+    """One list per attribute: the unnest(...) parameters of a batch statement."""
+    return [[getattr(row, name) for row in rows] for name in names]

@@ -1,0 +1,116 @@
+"""The recent-decisions store (GET /v1/reports/decisions): denials and alerting allows, per entity,
+written off the decision path, bounded by size and age — on PostgreSQL+Redis and on SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from support.app import AppFactory, RunningApp
+from support.scenario import authorize, create_key
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _decisions(app: RunningApp, **params: Any) -> dict[str, Any]:
+    await app.runtime.background.drain()  # type: ignore[union-attr]  # everything queued is written
+    response = await app.admin.get("/v1/reports/decisions", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def _deny(app: RunningApp, secret: str, request_id: str) -> dict[str, Any]:
+    body = await authorize(app.gateway, request_id=request_id, api_key=secret, estimated_cost="5")
+    assert body["decision"] == "deny", body
+    return body
+
+
+async def test_a_refusal_is_kept_with_its_reasons_and_charges_and_found_by_its_key(any_app: RunningApp) -> None:
+    secret = await create_key(any_app.admin, id="k1", budget={"max_budget": "1.00", "duration": "1d"})
+    other = await create_key(any_app.admin, id="k2", budget={"max_budget": "1.00"})
+    denied = await _deny(any_app, secret, "r-denied")
+    await authorize(any_app.gateway, request_id="r-allowed", api_key=secret, estimated_cost="0.10")
+    await _deny(any_app, other, "r-other")
+
+    found = await _decisions(any_app, entity="key:k1")
+    assert [item["request_id"] for item in found["items"]] == ["r-denied"]  # a plain allow is not kept
+    item = found["items"][0]
+    assert item["decision"] == "deny"
+    assert item["reasons"] == denied["reasons"] and item["charges"] == denied["charges"]
+    assert item["policy_revision"] == denied["policy_revision"]
+    assert item["at"].endswith("Z") and item["decision_id"]
+    assert found["next_cursor"] is None
+    stored = json.dumps(await _decisions(any_app))
+    for secret_text in (secret, other, hashlib.sha256(secret.encode()).hexdigest()):
+        assert secret_text not in stored
+
+
+async def test_an_allow_that_crossed_a_soft_budget_is_kept_and_the_decision_filter_tells_them_apart(
+    any_app: RunningApp,
+) -> None:
+    secret = await create_key(any_app.admin, id="k1", budget={"max_budget": "1.00", "soft_budget": "0"})
+    allowed = await authorize(any_app.gateway, request_id="r1", api_key=secret, estimated_cost="0.10")
+    assert allowed["decision"] == "allow" and allowed["alerts"], allowed
+    await _deny(any_app, secret, "r2")
+    allows = await _decisions(any_app, entity="key:k1", decision="allow")
+    denies = await _decisions(any_app, entity="key:k1", decision="deny")
+    assert [i["request_id"] for i in allows["items"]] == ["r1"]
+    assert allows["items"][0]["alerts"] == allowed["alerts"]
+    assert [i["request_id"] for i in denies["items"]] == ["r2"]
+
+
+async def test_decisions_page_newest_first_with_a_cursor(pg_app: RunningApp) -> None:
+    secret = await create_key(pg_app.admin, id="k1", budget={"max_budget": "1.00"})
+    for n in range(5):
+        await _deny(pg_app, secret, f"r{n}")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await _decisions(pg_app, entity="key:k1", limit=2, **({"cursor": cursor} if cursor else {}))
+        assert len(page["items"]) <= 2
+        seen += [item["request_id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == [f"r{n}" for n in range(5)] and len(set(seen)) == 5
+    ats = [item["at"] for item in (await _decisions(pg_app, entity="key:k1"))["items"]]
+    assert ats == sorted(ats, reverse=True)
+
+
+async def test_the_store_keeps_only_the_newest_rows_up_to_its_size_cap(
+    app_factory: AppFactory, clean_pg: str, redis_url: str
+) -> None:
+    app = await app_factory(database_url=clean_pg, redis_url=redis_url, decision_store_max_rows=5)
+    secret = await create_key(app.admin, id="k1", budget={"max_budget": "1.00"})
+    for n in range(12):
+        await _deny(app, secret, f"r{n:02d}")
+        await app.runtime.background.drain()  # type: ignore[union-attr]  # one write (and prune) each
+    kept = (await _decisions(app, limit=100))["items"]
+    assert sorted(item["request_id"] for item in kept) == [f"r{n:02d}" for n in range(7, 12)]
+    by_entity = (await _decisions(app, entity="key:k1", limit=100))["items"]
+    assert len(by_entity) == 5  # the entity index was pruned with the rows
+
+
+async def test_the_store_forgets_decisions_older_than_its_age_cap(
+    app_factory: AppFactory, sqlite_url: str
+) -> None:
+    app = await app_factory(database_url=sqlite_url, decision_store_max_rows=10, decision_store_max_age_seconds=3600)
+    secret = await create_key(app.admin, id="k1", budget={"max_budget": "1.00"})
+    await _deny(app, secret, "old")
+    start = app.runtime.clock()
+    app.runtime.clock = lambda: start + timedelta(hours=2)
+    await _deny(app, secret, "new")
+    assert [item["request_id"] for item in (await _decisions(app))["items"]] == ["new"]
+
+
+async def test_a_bad_entity_or_cursor_is_refused_naming_the_parameter(any_app: RunningApp) -> None:
+    for params, field in (({"entity": "nokind"}, "entity"), ({"entity": "planet:x"}, "entity"),
+                          ({"cursor": "not-a-cursor"}, "cursor")):
+        response = await any_app.admin.get("/v1/reports/decisions", params=params)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["message"].startswith(field), response.text
+    assert (await any_app.gateway.get("/v1/reports/decisions")).status_code == 401
