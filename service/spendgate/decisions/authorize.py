@@ -148,5 +148,5 @@ async def authorize(
             return Authorized(outcome.stored.body, replayed=outcome.status == "duplicate")
     # Lost every race for the last room: contention, not a broken policy — a retry may well succeed.
     raise Unavailable(
-        "the budgets", f"request {request.request_id!r}: the ledgers it touches kept changing under it"
+        "room on these budgets", f"request {request.request_id!r}: the ledgers it touches kept changing under it"
     )
