@@ -60,6 +60,9 @@ def model_list(upstream: str) -> list[dict[str, Any]]:
         model("gpt-4o-mini", "gpt-4o-mini"),
         model("gpt-4o-error", "gpt-4o", "/error"),
         model("gpt-4o-slow", "gpt-4o", "/slow"),
+        # Names Spendgate's shipped price table lacks (LiteLLM prices them as their gpt-4o deployment):
+        model("house-model", "gpt-4o"),
+        model("gpt-4o-cached", "gpt-4o", "/cached"),  # usage with cached and reasoning tokens
     ]
 
 

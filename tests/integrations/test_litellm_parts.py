@@ -1,5 +1,5 @@
 """The LiteLLM integration's parts that need no proxy: import without litellm, exact money,
-request ids, tickets, the key store, and the denial answer."""
+request ids, tickets, token usage, the key store, and the denial answer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from spendgate.client import Authorization
 from spendgate.integrations.litellm import KeyStore, Ticket, denial_exception, new_request_id, usd
 from spendgate.integrations.litellm.calls import TICKET_KEY, Attribution, attribution_of, ticket_of
+from spendgate.integrations.litellm.usage import authorize_usage, max_output_tokens, recorded_usage
 from spendgate.keys import hash_secret
 
 
@@ -20,7 +21,7 @@ def test_the_package_imports_without_litellm() -> None:
             "assert 'litellm' not in sys.modules, 'imported litellm'; print(len(m.VARIABLES))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "6"
+    assert done.stdout.strip() == "7"
 
 
 @pytest.mark.parametrize(("reported", "recorded"), [
@@ -56,6 +57,48 @@ def test_a_ticket_survives_the_metadata_round_trip_and_a_call_without_one_has_no
     assert ticket_of({"litellm_metadata": metadata}) == ticket
     assert ticket_of({"metadata": {"tags": ["search"]}}) is None
     assert ticket_of(None) is None
+
+
+def test_a_ticket_keeps_who_priced_it_and_an_older_ticket_is_priced_by_litellm() -> None:
+    ticket = Ticket("litellm:c:2", True, Attribution("gpt-4o", None), priced_by="spendgate")
+    older = {key: value for key, value in ticket.to_metadata().items() if key != "priced_by"}
+
+    assert ticket_of({"metadata": {TICKET_KEY: ticket.to_metadata()}}) == ticket
+    assert Ticket.from_metadata(older) == Ticket("litellm:c:2", True, Attribution("gpt-4o", None))
+
+
+def test_recorded_usage_reads_litellms_counts_with_cached_and_reasoning_parts() -> None:
+    logged = {"prompt_tokens": 100, "completion_tokens": 40, "cache_hit": False, "metadata": {"usage_object": {
+        "prompt_tokens_details": {"cached_tokens": 30}, "completion_tokens_details": {"reasoning_tokens": 12}}}}
+
+    assert recorded_usage(logged) == {
+        "input_tokens": 100, "output_tokens": 40, "cached_input_tokens": 30, "reasoning_tokens": 12}
+
+
+@pytest.mark.parametrize(("logged", "expected"), [
+    ({"prompt_tokens": 5, "completion_tokens": 3, "metadata": {"usage_object": None}},
+     {"input_tokens": 5, "output_tokens": 3, "cached_input_tokens": 0, "reasoning_tokens": 0}),
+    ({"prompt_tokens": 5, "completion_tokens": 3, "metadata": {"usage_object": {  # parts over their totals
+        "prompt_tokens_details": {"cached_tokens": 9}, "completion_tokens_details": {"reasoning_tokens": 7}}}},
+     {"input_tokens": 5, "output_tokens": 3, "cached_input_tokens": 5, "reasoning_tokens": 3}),
+    ({"prompt_tokens": 5, "completion_tokens": 3, "cache_hit": True}, None),  # nothing bought: LiteLLM's 0
+    ({"prompt_tokens": 0, "completion_tokens": 0}, None),
+    ({"prompt_tokens": None, "completion_tokens": 3}, None),
+    ({"prompt_tokens": 5.0, "completion_tokens": 3}, None),
+    (None, None),
+])
+def test_recorded_usage_is_none_when_litellm_logged_nothing_spendgate_can_price(
+    logged: object, expected: dict[str, int] | None,
+) -> None:
+    assert recorded_usage(logged) == expected
+
+
+def test_authorize_usage_is_the_prompt_and_the_requests_output_bound() -> None:
+    assert max_output_tokens({"max_tokens": 20}) == 20
+    assert max_output_tokens({"max_completion_tokens": 30}) == 30
+    assert max_output_tokens({"max_tokens": "20"}) == 0
+    assert authorize_usage(input_tokens=12, max_tokens=20) == {"input_tokens": 12, "max_output_tokens": 20}
+    assert authorize_usage(input_tokens=2_000_000_000, max_tokens=0) is None
 
 
 def test_attribution_takes_litellms_end_user_before_the_body_and_cleans_tags() -> None:

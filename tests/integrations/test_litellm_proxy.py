@@ -6,14 +6,20 @@ events run in a background worker after the client has its answer, so every chec
 recorded polls Spendgate's ledger (or `spend_events`) until it holds the exact expected value,
 with a deadline — never a sleep.
 
-Prices are LiteLLM's own table for gpt-4o ($2.50 / 1M input tokens, $10 / 1M output tokens);
-the fake upstream reports `prompt_tokens` = LiteLLM's own count of the test prompt and
-`completion_tokens` = the request's `max_tokens`, so the callback's estimate equals the real cost.
+Prices: gpt-4o costs the same in LiteLLM's table and in Spendgate's (policies/spendgate/pricing/
+data.json): $2.50 / 1M input tokens, $10 / 1M output tokens; the fake upstream reports
+`prompt_tokens` = LiteLLM's own count of the test prompt and `completion_tokens` = the request's
+`max_tokens`, so the callback's estimate equals the real cost. The proxies price with Spendgate
+(SPENDGATE_LITELLM_PRICING's default) except `litellm_keys`, which prices with LiteLLM; Spendgate
+runs on a copy of the policies whose price table adds a team markup (MARKUP_TEAM) and a row for
+`gpt-4o-cached` with its own cached-input and reasoning prices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ import httpx
 import pytest
 
 from integrations.litellm_process import (
+    REPO,
     FakeUpstream,
     LiteLLMProxy,
     count_prompt_tokens,
@@ -45,6 +52,13 @@ NANO = Decimal("1e-9")
 #: Prompts with the same token count (the concurrency test sends 200 different ones, so LiteLLM's
 #: cache cannot answer any of them).
 PROMPTS = [f"Request {n}." for n in range(100, 300)]
+
+#: The team the test policies mark up by MARKUP_BP basis points (data.spendgate.pricing.adjustments).
+MARKUP_TEAM = "team-markup"
+MARKUP_BP = 2500
+#: The test table's row for `gpt-4o-cached` (nano-USD per 1M tokens): every line its own price.
+CACHED_ROW = {"input": 3_000_000_000, "cached_input": 700_000_001, "output": 11_000_000_000,
+              "reasoning": 13_000_000_003}
 
 
 def _messages(text: str) -> list[dict[str, str]]:
@@ -70,8 +84,44 @@ class _Service(Cluster):
     """Two replicas with the normal reservation lifetime: a reservation released during a test
     was released by a record, not by expiry."""
 
+    policy_dir: Path | None = None
+
     def _env(self, replica: int | None = None) -> dict[str, str]:
-        return super()._env(replica) | {"SPENDGATE_RESERVATION_TTL": "600"}
+        policies = {"SPENDGATE_POLICY_DIR": str(self.policy_dir)} if self.policy_dir else {}
+        return super()._env(replica) | {"SPENDGATE_RESERVATION_TTL": "600"} | policies
+
+
+def _test_policies(workdir: Path) -> Path:
+    """A copy of the shipped policies whose price table marks MARKUP_TEAM up and prices gpt-4o-cached."""
+    target = workdir / "policies"
+    shutil.copytree(REPO / "policies", target)
+    table_path = target / "spendgate" / "pricing" / "data.json"
+    table = json.loads(table_path.read_text())
+    table["adjustments"] = {"team": {MARKUP_TEAM: MARKUP_BP}}
+    table["prices"]["gpt-4o-cached"] = CACHED_ROW
+    table_path.write_text(json.dumps(table))
+    return target
+
+
+def _ceil_div(amount: int, divisor: int) -> int:
+    return -(-amount // divisor)
+
+
+def table_cost(model: str, usage: dict[str, int], *, basis_points: int = 0, policies: Path | None = None) -> Decimal:
+    """What Spendgate's price table charges for `usage` (docs/api.md, "Usage pricing"), in USD:
+    tokens x nano-USD per 1M tokens, rounded up to the nano-USD, then the adjustment, rounded up again."""
+    table = json.loads(((policies or REPO / "policies") / "spendgate" / "pricing" / "data.json").read_text())
+    row = table["prices"][model]
+    cached, reasoning = usage.get("cached_input_tokens", 0), usage.get("reasoning_tokens", 0)
+    lines = {
+        "input": (usage["input_tokens"] - cached, row["input"]),
+        "cached_input": (cached, row.get("cached_input", row["input"])),
+        "output": (usage["output_tokens"] - reasoning, row["output"]),
+        "reasoning": (reasoning, row.get("reasoning", row["output"])),
+    }
+    list_nanos = _ceil_div(sum(tokens * price for tokens, price in lines.values()), 1_000_000)
+    nanos = _ceil_div(list_nanos * (10_000 + basis_points), 10_000)
+    return Decimal(nanos) * NANO
 
 
 @dataclass
@@ -107,6 +157,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 
     upstream = FakeUpstream(prompt_tokens=counts[0])
     service = _Service(workdir, replicas=2)
+    service.policy_dir = _test_policies(workdir)
     cutter = HttpTcpProxy(0)
     proxies: list[LiteLLMProxy] = []
     admin = httpx.AsyncClient(headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
@@ -133,7 +184,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                                                                     SPENDGATE_TIMEOUT="0.5"), name="fail-closed")
         (workdir / "operator_auth.py").write_text(OPERATOR_AUTH)
         litellm_keys = LiteLLMProxy(workdir, upstream.url,
-                                    spendgate(service.replicas[1].url, SPENDGATE_LITELLM_KEYS="litellm"),
+                                    spendgate(service.replicas[1].url, SPENDGATE_LITELLM_KEYS="litellm",
+                                              SPENDGATE_LITELLM_PRICING="litellm"),
                                     custom_auth="operator_auth.authenticate", name="litellm-keys")
         proxies = [main, second, fail_open, fail_closed, litellm_keys]
         for proxy in proxies:
@@ -470,3 +522,78 @@ async def test_litellm_keys_mode_refuses_with_402_once_the_team_budget_is_spent(
     error = second.json()["error"]["provider_specific_fields"]["error"]
     assert error["code"] == "budget_exceeded"
     assert {"type": "team", "id": team} in [reason["entity"] for reason in error["reasons"]]
+
+
+# --- usage pricing: SPENDGATE_LITELLM_PRICING ------------------------------------------------------------
+
+
+async def _team_key(stack: Stack, team: str | None = None) -> tuple[str, str, str]:
+    """A team (a fresh one unless named) with a $1 budget and a team key; returns (team, key id, secret)."""
+    suffix = uuid.uuid4().hex[:8]
+    team = team or f"team-{suffix}"
+    await create(stack.admin, "teams", {"id": team, "name": team, "budget": {"max_budget": "1.00"}})
+    key_id = f"k-{team}-{suffix}"
+    return team, key_id, await create_key(stack.admin, id=key_id, team_id=team)
+
+
+def _reported(stack: Stack, **extra: int) -> dict[str, int]:
+    """The usage the fake upstream reports for a call with MAX_TOKENS."""
+    return {"input_tokens": stack.prompt_tokens, "output_tokens": MAX_TOKENS} | extra
+
+
+async def test_spendgate_pricing_charges_the_team_the_price_table_cost_of_the_reported_usage(stack: Stack) -> None:
+    team, key_id, secret = await _team_key(stack)
+    expected = table_cost("gpt-4o-mini", _reported(stack), policies=stack.service.policy_dir)
+
+    response = await _chat(stack.main, secret, model="gpt-4o-mini")
+
+    assert response.status_code == 200, response.text
+    await _until(lambda: _spent(stack, f"teams/{team}"), (expected, Decimal(0)), "team ledger")
+    assert [(cost, outcome) for _, cost, outcome in await _events(stack, key_id)] == [(expected, "success")]
+
+
+async def test_spendgate_pricing_prices_cached_and_reasoning_tokens_at_their_own_table_prices(stack: Stack) -> None:
+    team, key_id, secret = await _team_key(stack)
+    usage = _reported(stack, cached_input_tokens=stack.prompt_tokens // 2, reasoning_tokens=MAX_TOKENS // 2)
+    expected = table_cost("gpt-4o-cached", usage, policies=stack.service.policy_dir)
+
+    response = await _chat(stack.main, secret, model="gpt-4o-cached")
+
+    assert response.status_code == 200, response.text
+    assert usage["cached_input_tokens"] > 0 and usage["reasoning_tokens"] > 0
+    assert expected != _header_cost(response)  # LiteLLM prices this model as its gpt-4o deployment
+    await _until(lambda: _spent(stack, f"teams/{team}"), (expected, Decimal(0)), "team ledger")
+
+
+async def test_spendgate_pricing_applies_the_teams_markup_from_the_policy_data(stack: Stack) -> None:
+    team, key_id, secret = await _team_key(stack, MARKUP_TEAM)
+    expected = table_cost("gpt-4o", _reported(stack), basis_points=MARKUP_BP, policies=stack.service.policy_dir)
+
+    response = await _chat(stack.main, secret)
+
+    assert response.status_code == 200, response.text
+    assert expected == (stack.cost() * Decimal("1.25")).quantize(NANO)  # the arithmetic, once by hand
+    await _until(lambda: _spent(stack, f"teams/{team}"), (expected, Decimal(0)), "team ledger")
+    assert await _spent(stack, f"keys/{key_id}") == (expected, Decimal(0))
+
+
+async def test_litellm_pricing_charges_litellms_cost_without_spendgates_markup(stack: Stack) -> None:
+    alias = f"key-{uuid.uuid4().hex[:8]}"
+
+    response = await _chat(stack.litellm_keys, f"sk-op-.{MARKUP_TEAM}.user-{alias}.{alias}")
+
+    assert response.status_code == 200, response.text
+    assert _header_cost(response) == stack.cost()
+    await _until(lambda: _spent(stack, f"keys/{alias}"), (stack.cost(), Decimal(0)), "key ledger")
+
+
+async def test_spendgate_pricing_falls_back_to_litellms_cost_for_a_model_the_table_lacks(stack: Stack) -> None:
+    team, key_id, secret = await _team_key(stack)
+
+    response = await _chat(stack.main, secret, model="house-model")
+
+    assert response.status_code == 200, response.text
+    assert _header_cost(response) == stack.cost()
+    await _until(lambda: _spent(stack, f"teams/{team}"), (stack.cost(), Decimal(0)), "team ledger")
+    [(request_id, cost, outcome)] = await _events(stack, key_id)
+    assert (cost, outcome) == (stack.cost(), "success")

@@ -11,6 +11,9 @@ The path prefix picks a behaviour, so one LiteLLM model can point at each:
     /v1/...        a normal answer
     /error/v1/...  a provider failure: HTTP 500 with OpenAI's error body
     /slow/v1/...   a stream that sends one chunk every 50 ms for a minute (for client disconnects)
+    /cached/v1/... a normal answer whose usage also reports half the prompt tokens as cached
+                   (`prompt_tokens_details.cached_tokens`) and half the completion tokens as
+                   reasoning (`completion_tokens_details.reasoning_tokens`), rounded down
 
 `GET /stats` → `{"completions": n, "disconnects": n}`: completions served in full, slow streams
 whose client went away.
@@ -39,13 +42,17 @@ SLOW_CHUNKS = 1200
 SLOW_INTERVAL = 0.05
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def _usage(prompt_tokens: int, completion_tokens: int, details: bool = False) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if details:
+        usage["prompt_tokens_details"] = {"cached_tokens": prompt_tokens // 2}
+        usage["completion_tokens_details"] = {"reasoning_tokens": completion_tokens // 2}
+    return usage
 
 
 def _chunk(call_id: str, model: str, delta: dict[str, Any], finish: str | None = None,
-           usage: dict[str, int] | None = None) -> bytes:
+           usage: dict[str, Any] | None = None) -> bytes:
     body: dict[str, Any] = {
         "id": call_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
         "choices": [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish}],
@@ -59,12 +66,18 @@ def build_app(prompt_tokens: int) -> Starlette:
     stats = {"completions": 0, "disconnects": 0}
 
     async def completions(request: Request) -> Response:
+        return await _complete(request, details=False)
+
+    async def cached(request: Request) -> Response:
+        return await _complete(request, details=True)
+
+    async def _complete(request: Request, *, details: bool) -> Response:
         body = await request.json()
         model = str(body.get("model", "gpt-4o"))
         completion_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens")
                                 or DEFAULT_COMPLETION_TOKENS)
         call_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-        usage = _usage(prompt_tokens, completion_tokens)
+        usage = _usage(prompt_tokens, completion_tokens, details)
         if not body.get("stream"):
             stats["completions"] += 1
             return JSONResponse({
@@ -116,6 +129,7 @@ def build_app(prompt_tokens: int) -> Starlette:
 
     return Starlette(routes=[
         Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/cached/v1/chat/completions", cached, methods=["POST"]),
         Route("/error/v1/chat/completions", error, methods=["POST"]),
         Route("/slow/v1/chat/completions", slow, methods=["POST"]),
         Route("/stats", show_stats, methods=["GET"]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ...client import Principal
 
@@ -79,19 +79,22 @@ class Ticket:
     """A call Spendgate admitted. `authorized` is false for a call let through unauthorized while
     Spendgate was unreachable (SPENDGATE_FAIL_OPEN): its record then carries the identity and
     attribution itself. `key_hash` finds the key secret again in that case (the secret itself is
-    never put in metadata, which other loggers may store)."""
+    never put in metadata, which other loggers may store). `priced_by` "spendgate": authorize sent
+    token usage and Spendgate priced it, so the record sends the real usage too."""
 
     request_id: str
     authorized: bool
     attribution: Attribution
     key_hash: str | None = None
     principal: Mapping[str, str | None] | None = field(default=None)
+    priced_by: Literal["spendgate", "litellm"] = "litellm"
 
     def to_metadata(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id, "authorized": self.authorized, "model": self.attribution.model,
             "end_user": self.attribution.end_user, "tags": list(self.attribution.tags),
             "key_hash": self.key_hash, "principal": dict(self.principal) if self.principal else None,
+            "priced_by": self.priced_by,
         }
 
     @classmethod
@@ -108,6 +111,7 @@ class Ticket:
             ),
             key_hash=_text(value.get("key_hash")),
             principal=dict(principal) if isinstance(principal, Mapping) else None,
+            priced_by="spendgate" if value.get("priced_by") == "spendgate" else "litellm",
         )
 
 

@@ -28,8 +28,9 @@ from .gate import Gate, unavailable_exception
 from .keys import SPENDGATE_KEY_PREFIX, KeyStore
 from .money import usd
 from .settings import LiteLLMSettings
+from .usage import authorize_usage, max_output_tokens, recorded_usage
 
-__all__ = ["Spendgate_PROXY_Callback", "callback", "custom_auth", "estimate_cost", "KEYS"]
+__all__ = ["Spendgate_PROXY_Callback", "callback", "custom_auth", "estimate_cost", "estimate_usage", "KEYS"]
 
 log = logging.getLogger("spendgate.integrations.litellm")
 
@@ -61,12 +62,25 @@ def estimate_cost(data: Mapping[str, Any]) -> Decimal | None:
     model, messages = data.get("model"), data.get("messages")
     if not isinstance(model, str) or not isinstance(messages, list):
         return None
-    max_tokens = int(data.get("max_tokens") or data.get("max_completion_tokens") or 0)
+    max_tokens = max_output_tokens(data)
     found = _priced(model, messages, max_tokens)
     if found is None:  # a model name LiteLLM has no price for: try the provider models behind it
         found = next((cost for name in _deployment_models(model)
                       if (cost := _priced(name, messages, max_tokens)) is not None), None)
     return found
+
+
+def estimate_usage(data: Mapping[str, Any]) -> dict[str, int] | None:
+    """Authorize's `usage` for Spendgate's pricing: the prompt's tokens by LiteLLM's counter and the
+    request's output bound; None without a model and `messages` (then LiteLLM's estimate is sent)."""
+    model, messages = data.get("model"), data.get("messages")
+    if not isinstance(model, str) or not isinstance(messages, list):
+        return None
+    try:
+        prompt_tokens = litellm.token_counter(model=model, messages=messages)
+    except Exception:  # noqa: BLE001 — a message shape the counter cannot read
+        return None
+    return authorize_usage(input_tokens=prompt_tokens, max_tokens=max_output_tokens(data))
 
 
 def _priced(model: str, messages: list[Any], max_tokens: int) -> Decimal | None:
@@ -116,9 +130,10 @@ class Spendgate_PROXY_Callback(CustomLogger):  # noqa: N801
             identity, key_hash = Identity(api_key=secret), user_api_key_dict.token
         else:
             identity, key_hash = Identity(principal=principal_of(user_api_key_dict)), None
+        usage = estimate_usage(data) if gate.settings.litellm_pricing == "spendgate" else None
         ticket = await gate.admit(
             identity=identity, attribution=attribution_of(data, end_user_id=user_api_key_dict.end_user_id),
-            estimate=estimate_cost(data), call_id=data.get("litellm_call_id"), key_hash=key_hash,
+            estimate=estimate_cost(data), call_id=data.get("litellm_call_id"), key_hash=key_hash, usage=usage,
         )
         metadata = data.get("metadata")
         if not isinstance(metadata, dict):
@@ -142,7 +157,8 @@ class Spendgate_PROXY_Callback(CustomLogger):  # noqa: N801
             return
         logged = kwargs.get("standard_logging_object") or {}
         cost = usd(logged.get("response_cost") if isinstance(logged, Mapping) else None)
-        await self._gate.settle(ticket, cost=cost, outcome=outcome, identity=_identity_again(ticket))
+        usage = recorded_usage(logged) if outcome == "success" else None  # a failure: LiteLLM's cost (0)
+        await self._gate.settle(ticket, cost=cost, outcome=outcome, identity=_identity_again(ticket), usage=usage)
 
 
 def _identity_again(ticket: Ticket) -> Identity | None:

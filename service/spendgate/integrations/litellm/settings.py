@@ -7,6 +7,9 @@
     SPENDGATE_LITELLM_KEYS    "spendgate" (default): callers use Spendgate keys, checked by
                               Spendgate; "litellm": LiteLLM authenticates its own keys and the
                               callback sends the identity it resolved as a `principal`
+    SPENDGATE_LITELLM_PRICING "spendgate" (default): send token usage, priced by Spendgate's price
+                              table and adjustments (LiteLLM's cost for a model the table lacks);
+                              "litellm": send LiteLLM's own cost (`cost_per_token`, `response_cost`)
     SPENDGATE_TIMEOUT         seconds per attempt at Spendgate (default 2.0)
     SPENDGATE_RETRIES         retries after the first attempt (default 2)
 """
@@ -30,6 +33,7 @@ class LiteLLMSettings(BaseSettings):
     gateway_token: SecretStr
     fail_open: bool = False
     litellm_keys: Literal["spendgate", "litellm"] = "spendgate"
+    litellm_pricing: Literal["spendgate", "litellm"] = "spendgate"
     timeout: float = Field(default=2.0, gt=0)
     retries: int = Field(default=2, ge=0, le=10)
 
