@@ -9,8 +9,9 @@ them). Then it serves the app in this process (lifespan entered; Redis counters 
 of its own; embedded policy), signs in to the console, and times `GET /console` over
 httpx.ASGITransport `--rounds` times after `--warmup` requests — wall time per request, the
 server's whole work: every query, the counters read and the template — then `--rounds` times
-"cold", with the overview's per-replica reuse (sums of whole past hours, the near-limit ranking;
-console/overview.py) dropped before each, and the uncached near-limit query alone.
+"cold", with the overview's only per-replica reuse (the near-limit ranking, console/overview.py)
+dropped before each; the process's very first request is shown too. Then `overview()` and the
+uncached `near_limit()` alone.
 Target: p50 ≤ 300 ms. Nothing asserts a timing.
 
     .venv/bin/python bench/console.py                      # 100k keys, 1M events (~3 min to seed)
@@ -105,6 +106,7 @@ async def amain(args: argparse.Namespace) -> None:
         app = create_app(settings)
         walls: list[float] = []
         colds: list[float] = []
+        firsts: list[float] = []
         others: dict[str, list[float]] = {}
         parts: dict[str, list[float]] = {"overview() (warm)": [], "near_limit() uncached": []}
         async with contextlib.AsyncExitStack() as stack:
@@ -116,13 +118,14 @@ async def amain(args: argparse.Namespace) -> None:
             assert signed.status_code == 303, signed.text
             for round_ in range(args.warmup + 2 * args.rounds):
                 cold = round_ >= args.warmup + args.rounds
-                if cold:  # the per-replica reuse of past-hour sums and of the near-limit ranking, dropped
-                    overview_module._past.clear()
+                if cold:  # the per-replica reuse of the near-limit ranking, dropped
                     overview_module._ranked.clear()
                 started = time.perf_counter()
                 page = await client.get("/console")
                 elapsed = time.perf_counter() - started
                 assert page.status_code == 200, page.text[:500]
+                if round_ < 1:
+                    firsts.append(elapsed)
                 if round_ >= args.warmup:
                     (colds if cold else walls).append(elapsed)
             for path in ("/console/browse/key", "/console/browse/key?q=key-4242", "/console/browse/team?q=team-1"):
@@ -153,8 +156,10 @@ async def amain(args: argparse.Namespace) -> None:
     print(f"GET /console (signed in), {len(walls)} requests after {args.warmup} warm-up: "
           f"p50 {fmt_ms(pct(walls, 50))} ms, p95 {fmt_ms(pct(walls, 95))} ms, max {fmt_ms(walls[-1])} ms "
           f"(target p50 <= 300 ms: {'met' if pct(walls, 50) <= 0.3 else 'NOT met'})")
-    print(f"GET /console cold (reused sums and ranking dropped first), {len(colds)} requests: "
-          f"p50 {fmt_ms(pct(colds, 50))} ms, p95 {fmt_ms(pct(colds, 95))} ms, max {fmt_ms(colds[-1])} ms")
+    print(f"GET /console cold (near-limit ranking dropped first), {len(colds)} requests: "
+          f"p50 {fmt_ms(pct(colds, 50))} ms, p95 {fmt_ms(pct(colds, 95))} ms, max {fmt_ms(colds[-1])} ms "
+          f"(target p50 <= 300 ms: {'met' if pct(colds, 50) <= 0.3 else 'NOT met'})")
+    print(f"GET /console, the process's first request: {fmt_ms(firsts[0])} ms")
     for name, values in {**others, **parts}.items():
         print(f"  {name}: median {fmt_ms(statistics.median(values))} ms")
 

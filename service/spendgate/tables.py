@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, Index, Integer, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, Index, Integer, String, TypeDecorator, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -149,7 +149,11 @@ class Ledger(SQLModel, table=True):
     """Spend of one entity in one budget window and period: the authoritative figure."""
 
     __tablename__ = "ledgers"
-    __table_args__ = (Index("ix_ledgers_entity", "entity_type", "entity_id"),)
+    __table_args__ = (
+        Index("ix_ledgers_entity", "entity_type", "entity_id"),
+        # Current periods (console overview); period_end is never updated, so spend stays a HOT update.
+        Index("ix_ledgers_period_end", "period_end"),
+    )
     ledger_id: str = Field(primary_key=True, max_length=700)
     entity_type: str = Field(max_length=20)
     entity_id: str = Field(max_length=500)
@@ -202,6 +206,14 @@ class SpendRollup(SQLModel, table=True):
     recorded request once; `model`/`key_id` are '' when the request had none."""
 
     __tablename__ = "spend_rollups"
+    #: Sums of every request over an hour range (console overview): index-only on PostgreSQL.
+    __table_args__ = (
+        Index(
+            "ix_spend_rollups_all_hour", "hour",
+            postgresql_include=["key_id", "spend", "requests", "failures"],
+            postgresql_where=text("entity_type = '*'"), sqlite_where=text("entity_type = '*'"),
+        ),
+    )
     entity_type: str = Field(primary_key=True, max_length=20)
     entity_id: str = Field(primary_key=True, max_length=500)
     hour: datetime = Field(sa_column=Column(UtcDateTime(), primary_key=True))

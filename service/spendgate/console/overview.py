@@ -1,23 +1,21 @@
 """What the console's overview shows: spend today and this month, who is near a limit, top
-spenders, recent denials and alerts — from the reports, decision-store, alert and ledger services.
+spenders, recent denials and alerts — from the rollups, decision-store, alert and ledger services.
 
-The spend sums read the hourly rollups. Whole past hours are summed once and kept for a minute
-(`_past_hours`), keyed by the current hour: a record is rolled up into the hour it is recorded
-in, so those rows no longer change — the current hour is always read live. At 1M spend events a
-month-to-date sum is ~1M rollup rows; this keeps the overview from re-summing them each load.
+Every figure is read on every load. The spend sums read the `*` rollup rows (every request once)
+of an hour range from a partial covering index (migration 0005_console_indexes), index-only; "near
+a limit" reads only the ledgers whose period has not ended (an index range on period_end).
 
-"Near a limit" ranks current ledgers by committed `spent` / limit in SQL (one pass over the
-ledgers that have a budget window, no per-entity query), then reads the top candidates' exact
-`spent` and `reserved` from the counters — the figures admin responses show — and orders them by
-(spent + reserved) / limit. An entity with only reservations and no committed spend yet is not a
-candidate; reservations last seconds, spend stays. The ranking is reused for 15 s unless an admin
-change (an audit event) happened since; the figures are read live on every load.
+"Near a limit" ranks current ledgers by committed `spent` / limit in SQL (one query, no
+per-entity query), then reads the top candidates' exact `spent` and `reserved` from the counters
+— the figures admin responses show — and orders them by (spent + reserved) / limit. An entity
+with only reservations and no committed spend yet is not a candidate; reservations last seconds,
+spend stays. The ranking (not the figures) is reused for 15 s unless an admin change (an audit
+event) happened since.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -28,27 +26,25 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from ..admin.common import admin_read
 from ..admin.ledger_view import ledger_lines, read_ledgers
 from ..alerts.listing import list_alerts
-from ..db import execute_core
+from ..db import execute_core, wrap_database_errors
 from ..decision_store import recent
 from ..money import format_nanos, to_nanos
-from ..reports.query import ReportQuery, ReportRow, SpendReport, Totals, spend_report
+from ..reports.rollups import ALL
 from ..runtime import Runtime
-from ..tables import AuditEvent, Budget, Ledger
+from ..tables import AuditEvent, Budget, Ledger, SpendRollup
 
 __all__ = ["NearLimit", "Overview", "overview", "near_limit"]
 
 _L = Ledger.__table__  # type: ignore[attr-defined]
 _B = Budget.__table__  # type: ignore[attr-defined]
+_R = SpendRollup.__table__  # type: ignore[attr-defined]
 _A = AuditEvent.__table__  # type: ignore[attr-defined]
 #: Candidates read from SQL, and rows shown.
 _CANDIDATES = 25
 _SHOWN = 10
-#: How long sums of whole past hours are reused (bounds how late a record to a past hour shows).
-_PAST_SECONDS = 60.0
 #: How long the near-limit ranking is reused when no admin change was made meanwhile.
 _CANDIDATES_SECONDS = 15.0
 _ranked: dict[str, tuple[float, Any, list[tuple[str, str]]]] = {}
-_past: dict[tuple[Any, ...], tuple[float, SpendReport]] = {}
 
 
 class NearLimit(NamedTuple):
@@ -80,30 +76,35 @@ class Overview(NamedTuple):
     alerts: list[dict[str, Any]]
 
 
-def _hour(now: datetime) -> datetime:
-    return now.replace(minute=0, second=0, microsecond=0)
+def _shares(ledgers: Any, budgets: Any) -> Any:
+    """Current ledgers with committed spend joined to their budget window (`ledgers` already
+    restricted to current periods), with their committed share of the limit."""
+    used = cast(ledgers.c.spent, Numeric(38, 0)) / budgets.c.max_budget  # ordering only; shown figures are exact
+    return select(ledgers.c.entity_type, ledgers.c.entity_id, used.label("used")).where(
+        ledgers.c.entity_type == budgets.c.entity_type, ledgers.c.entity_id == budgets.c.entity_id,
+        budgets.c.max_budget > 0, ledgers.c.spent > 0,
+    )
 
 
 async def _candidates(session: AsyncSession, now: datetime) -> list[tuple[str, str]]:
-    """Entities whose current ledgers have the most committed spend for their limit (one SQL pass)."""
-    current = or_(_L.c.period_end.is_(None), _L.c.period_end > now)
-    same_window = func.coalesce(_L.c.window, literal("-")) == func.coalesce(_B.c.duration, literal("-"))
-    used = cast(_L.c.spent, Numeric(38, 0)) / _B.c.max_budget  # ordering only; shown figures are exact
-    statement = (
-        select(_L.c.entity_type, _L.c.entity_id)
-        .select_from(_L.join(_B, and_(_L.c.entity_type == _B.c.entity_type, _L.c.entity_id == _B.c.entity_id, same_window)))
-        .where(current, _L.c.period_start <= now, _B.c.max_budget > 0, _L.c.spent > 0)
-        .order_by(used.desc())
-        .limit(_CANDIDATES)
-    )
+    """Entities whose current ledgers have the most committed spend for their limit (one SQL pass).
+
+    Windowed ledgers are current while `period_end > now` (an index range, ix_ledgers_period_end);
+    ledgers of windowless budgets never end, and are found from those few budgets rather than from
+    every windowless ledger (end users and tags without a budget have one each)."""
+    windowed = _shares(_L, _B).where(_L.c.period_end > now, _L.c.period_start <= now, _L.c.window == _B.c.duration)
+    never = _shares(_L, _B).where(_B.c.duration.is_(None), _L.c.window.is_(None), _L.c.period_end.is_(None))
+    both = windowed.union_all(never).subquery()
+    statement = select(both.c.entity_type, both.c.entity_id).order_by(both.c.used.desc()).limit(_CANDIDATES)
     return list(dict.fromkeys((row[0], row[1]) for row in (await execute_core(session, statement)).all()))
 
 
 async def _cached_candidates(session: AsyncSession, runtime: Runtime, now: datetime) -> list[tuple[str, str]]:
     """`_candidates`, reused for up to `_CANDIDATES_SECONDS` unless an admin change was made since.
 
-    Scanning every current ledger costs ~0.4 s at 2M ledgers (bench/console.py); the ranking moves
-    slowly, and the figures shown are read live for every page either way.
+    Even as an index range, ranking the ~130k current ledgers of 100k keys (and hashing their
+    ~320k budgets) costs ~0.25-0.4 s (bench/console.py); the ranking moves slowly, and the
+    figures shown are read live for every page either way.
     """
     marker = (await execute_core(session, select(func.max(_A.c.id)))).scalar()
     key = runtime.settings.database_url
@@ -146,53 +147,38 @@ async def near_limit(*, session: AsyncSession, runtime: Runtime, now: datetime, 
     return found[:_SHOWN]
 
 
-async def _past_hours(session: AsyncSession, runtime: Runtime, query: ReportQuery) -> SpendReport:
-    """`spend_report` of whole past hours (query.end is the current hour), reused for a minute."""
-    key = (runtime.settings.database_url, query)
-    found = _past.get(key)
-    if found is not None and time.monotonic() - found[0] < _PAST_SECONDS:
-        return found[1]
-    report = await spend_report(session, query)
-    for stale in [k for k in _past if k[0] == key[0] and k[1].end != query.end]:
-        del _past[stale]
-    _past[key] = (time.monotonic(), report)
-    return report
+async def _sums(session: AsyncSession, start: datetime, end: datetime, *, by_key: bool) -> list[Any]:
+    """Sums of the `*` rollup rows (every request once) over [start, end), per key when asked.
 
-
-def _merged(*reports: SpendReport) -> tuple[list[ReportRow], Totals]:
-    sums: dict[tuple[str | None, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
-    for report in reports:
-        for row in report.rows:
-            for i, value in enumerate(row.totals):
-                sums[row.groups][i] += value
-    rows = [ReportRow(groups, Totals(*values)) for groups, values in sums.items()]
-    return rows, Totals(*(sum(report.total[i] for report in reports) for i in range(3)))
+    Filtered on entity_type alone (only the `*` entity has type `*`), written into the SQL text
+    rather than bound, so that PostgreSQL reads the partial covering index ix_spend_rollups_all_hour
+    (index-only) in generic plans of the prepared statement too."""
+    columns = [_R.c.key_id] if by_key else []
+    statement = select(*columns, func.sum(_R.c.spend), func.sum(_R.c.requests)).where(
+        _R.c.entity_type == literal(ALL[0], literal_execute=True), _R.c.hour >= start, _R.c.hour < end
+    )
+    if by_key:
+        statement = statement.group_by(_R.c.key_id)
+    return list((await execute_core(session, statement)).all())
 
 
 async def overview(*, session: AsyncSession, runtime: Runtime) -> Overview:
     now = runtime.clock()
-    hour = _hour(now)
-    end = hour + timedelta(hours=1)
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month_start = day_start.replace(day=1)
-    async with admin_read():
-        this_hour = await spend_report(session, ReportQuery(start=hour, end=end, group_by=("key",)))
-        today_rows, today_total = _merged(
-            await _past_hours(session, runtime, ReportQuery(start=day_start, end=hour, group_by=("key",))), this_hour
-        )
-        month_past = await _past_hours(session, runtime, ReportQuery(start=month_start, end=hour, group_by=()))
-        month_total = Totals(*(month_past.total[i] + this_hour.total[i] for i in range(3)))
-        top = sorted(
-            (row for row in today_rows if row.groups[0] is not None), key=lambda row: row.totals.spend, reverse=True
-        )[:_SHOWN]
+    async with admin_read(), wrap_database_errors():
+        today = [(key_id, int(spend), int(requests))
+                 for key_id, spend, requests in await _sums(session, day_start, end, by_key=True) if spend is not None]
+        (month_spend, month_requests), = await _sums(session, month_start, end, by_key=False)
+        top = sorted((row for row in today if row[0]), key=lambda row: row[1], reverse=True)[:_SHOWN]
         return Overview(
-            spend_today=format_nanos(today_total.spend),
-            requests_today=today_total.requests,
-            spend_month=format_nanos(month_total.spend),
-            requests_month=month_total.requests,
+            spend_today=format_nanos(sum(row[1] for row in today)),
+            requests_today=sum(row[2] for row in today),
+            spend_month=format_nanos(int(month_spend or 0)),
+            requests_month=int(month_requests or 0),
             near_limit=await near_limit(session=session, runtime=runtime, now=now),
-            top_keys_today=[TopSpender(str(row.groups[0]), format_nanos(row.totals.spend), row.totals.requests)
-                            for row in top],
+            top_keys_today=[TopSpender(key_id, format_nanos(spend), requests) for key_id, spend, requests in top],
             denials=(await recent(session, entity=None, decision="deny", limit=10, cursor=None))["items"],
             alerts=(await list_alerts(session, entity=None, status=None, limit=10, cursor=None))["items"],
         )
