@@ -201,6 +201,8 @@ async def test_an_event_no_receiver_accepts_ends_failed_after_its_attempts(
     await _spend(app, secret, "r1", "0.20")
     [event] = await _settled(app, 1)
     assert (event["status"], event["attempts"]) == ("failed", 3) and "HTTP 500" in event["last_error"]
+    # The target is named by host and digest: a Slack webhook URL carries its secret in the path.
+    assert event["last_error"].startswith("127.0.0.1 #") and receiver.url not in event["last_error"]
     assert len(receiver.arrivals) == 3
     assert [a["id"] for a in await _alerts(app, status="failed")] == [event["id"]]
     assert await _alerts(app, status="delivered") == []

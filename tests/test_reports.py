@@ -458,6 +458,8 @@ async def test_the_default_range_is_the_last_30_days_up_to_the_next_whole_hour(a
         ({"to": "2030-01-01T10:30:00Z"}, "to"),
         ({"from": "2030-01-02", "to": "2030-01-01"}, "from"),
         ({"to": "0001-01-02"}, "to"),
+        ({"to": "0001-01-01T00:00:00+01:00"}, "to"),  # its offset moves it before year 1
+        ({"from": "9999-12-31T23:00:00-02:00"}, "from"),  # and after year 9999
         ({"group_by": "colour"}, "group_by"),
         ({"group_by": "day,hour"}, "group_by"),
         ({"group_by": "model,model"}, "group_by"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -96,12 +97,14 @@ def _hand_over_generated_tokens(settings: Settings, generated: Sequence[str]) ->
         for line in lines:
             print(f"{line}  (generated; set it in the environment to keep it)", file=sys.stderr)
         return
-    path = GENERATED_TOKENS_FILE.resolve()
+    path = GENERATED_TOKENS_FILE.absolute()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A fresh file, never one planted beforehand (its mode kept) nor a symlink followed elsewhere.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write("\n".join(lines) + "\n")
-        os.chmod(path, 0o600)
     except OSError as exc:
         sys.exit(
             f"spendgate serve: cannot start: SPENDGATE_ADMIN_TOKEN and SPENDGATE_GATEWAY_TOKEN are not set, and the "

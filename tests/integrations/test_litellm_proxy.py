@@ -464,6 +464,18 @@ async def test_fail_open_lets_the_call_through_and_records_it_once_spendgate_ans
     assert [(cost, outcome) for _, cost, outcome in await _events(stack, key_id)] == [(stack.cost(), "success")]
 
 
+async def test_fail_open_never_lets_through_a_call_spendgate_answered_and_refused(stack: Stack) -> None:
+    """Fail-open is for an unreachable Spendgate: a request it refuses (here 413, a body over its
+    SPENDGATE_MAX_BODY_BYTES) must not turn into an unchecked, unbilled call."""
+    upstream_before = (await stack.upstream.stats())["completions"]
+    huge_tags = [f"{n:05d}" + "t" * 190 for n in range(6000)]  # ~1.2 MB of tags, over the 1 MiB limit
+
+    response = await _chat(stack.fail_open, "sk-sg-" + uuid.uuid4().hex, metadata={"tags": huge_tags})
+
+    assert response.status_code == 413, response.text[:500]
+    assert (await stack.upstream.stats())["completions"] == upstream_before
+
+
 # --- two replicas, one team budget, 200 concurrent calls ----------------------------------------------------
 
 

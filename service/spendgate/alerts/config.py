@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from ..settings import Settings
 
@@ -15,6 +17,12 @@ class Webhook(NamedTuple):
     url: str
     #: None: the SPENDGATE_ALERT_WEBHOOK_FORMAT default.
     format: Format | None
+
+    @property
+    def label(self) -> str:
+        """How the outbox and `GET /v1/admin/alerts` name this target: its host and a digest of the
+        URL, never the URL itself (a Slack incoming-webhook URL carries its secret in the path)."""
+        return f"{urlsplit(self.url).hostname} #{hashlib.sha256(self.url.encode()).hexdigest()[:12]}"
 
 
 def parse_webhook_urls(value: str) -> tuple[Webhook, ...]:

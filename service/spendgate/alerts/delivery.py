@@ -88,21 +88,21 @@ class DeliveryWorker:
         try:
             response = await client.post(webhook.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return f"{webhook.url}: {type(exc).__name__}"
+            return f"{webhook.label}: {type(exc).__name__}"
         if 200 <= response.status_code < 300:
             return None
-        return f"{webhook.url}: HTTP {response.status_code}"
+        return f"{webhook.label}: HTTP {response.status_code}"
 
     async def _deliver(self, client: httpx.AsyncClient, row: dict[str, Any], claim: str) -> None:
         event = event_json(row)
         delivered = list(row["delivered_to"] or ())
         errors = []
         for webhook in self._config.webhooks:
-            if webhook.url in delivered:
+            if webhook.label in delivered:
                 continue
             problem = await self._post(client, webhook, event)
             if problem is None:
-                delivered.append(webhook.url)
+                delivered.append(webhook.label)
             else:
                 errors.append(problem)
         now = self._clock()

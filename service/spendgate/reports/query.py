@@ -70,11 +70,11 @@ class SpendReport(NamedTuple):
 def _instant(field: str, text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it out of years 1..9999
         raise InvalidRequest(
             field=field, problem=f"{text!r} is not an ISO 8601 instant; use e.g. 2026-11-28 or 2026-11-28T13:00:00Z"
         ) from None
-    moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
     if moment.minute or moment.second or moment.microsecond:
         raise InvalidRequest(
             field=field, problem=f"{text!r} is not a whole hour; spend is kept per UTC hour, e.g. 2026-11-28T13:00:00Z"

@@ -96,11 +96,14 @@ class Gate:
         except SpendgateRejected as exc:
             if exc.status == 422 and exc.code == "unknown_price" and usage is not None:
                 raise _UnknownPrice(exc.server_message) from exc
-            if exc.status == 422:  # something in the caller's request (an end user or tag Spendgate refuses)
+            if exc.status in (413, 422):  # the caller's request: too large, or a field Spendgate refuses
                 message = f"Spendgate refused this request's fields: {exc.server_message}"
-                raise HTTPException(status_code=400, detail={"error": {"code": "invalid_request", "message": message}}
-                                    ) from exc
-            return self._unreachable(exc, request_id, identity, attribution, key_hash, priced_by)
+                raise HTTPException(status_code=400 if exc.status == 422 else 413,
+                                    detail={"error": {"code": exc.code, "message": message}}) from exc
+            # Spendgate answered and refused (e.g. 401: a wrong gateway token). That is no outage, so
+            # SPENDGATE_FAIL_OPEN must not let the call through.
+            log.error("request %s refused with 503: Spendgate answered %s %s", request_id, exc.status, exc.code)
+            raise unavailable_exception(f"Spendgate refused the call ({exc.code})") from exc
         except Exception as exc:  # noqa: BLE001 — unreachable, or anything else: LiteLLM would answer 500
             return self._unreachable(exc, request_id, identity, attribution, key_hash, priced_by)
         if not authorization.allowed:
