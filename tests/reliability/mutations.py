@@ -96,7 +96,10 @@ MUTATIONS = [
     ),
     Mutation(
         "M3", "a missing Redis counter is rebuilt from the Postgres ledger (not restarted at zero)",
-        (FLUSH, RESTART),
+        # Only FLUSH is required: after a restart the first settle of a ledger heals a zero-seeded
+        # counter, so RESTART catches this only when load reaches a tight key first (it missed in 1 of
+        # 4 CI runs; strict scoring cannot rest on a coin toss).
+        (FLUSH,),
         (
             ("counters/redis_counters.py",
              "        snapshots = await self._load_snapshots([ref.id for ref in refs])\n",
