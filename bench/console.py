@@ -14,7 +14,7 @@ dropped before each; the process's very first request is shown too. Then `overvi
 uncached `near_limit()` alone.
 Target: p50 ≤ 300 ms. Nothing asserts a timing.
 
-    .venv/bin/python bench/console.py                      # 100k keys, 1M events (~3 min to seed)
+    .venv/bin/python bench/console.py                      # 100k keys, 1M events (~9 min to seed)
     .venv/bin/python bench/console.py --keys 10000 --events 100000
     .venv/bin/python bench/console.py --keep          # then: --database postgresql+asyncpg://…/spendgate_bench_…
 """

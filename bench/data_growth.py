@@ -14,7 +14,8 @@ through the admin API — with exactly the rows the service would write:
   tags, $0.002–0.020 estimates, 5 % failures at cost 0) whose `charges` JSON is built in SQL in the
   exact text the record path writes (`charges_json` of the ledgers the attribution policy charges,
   serialised by json.dumps), and the ledgers they imply (spent = sum of costs, version = number of
-  records) — then VACUUM ANALYZE.
+  records, limit_at_charge = the limit of the charged window's budget, as a record writes it) — then
+  VACUUM ANALYZE.
 
 A seed check recomputes, for a sample of seeded events, the charges with the service's own code
 (`FactsCache` → `candidate_ledgers` → policy → `charges_json`, i.e. record's `_attribute`) and
@@ -306,12 +307,16 @@ FROM seed_events
 
 _LEDGERS_SQL = """
 INSERT INTO ledgers (ledger_id, entity_type, entity_id, "window", period_start, period_end, spent, reserved,
-                     version, updated_at)
+                     version, updated_at, limit_at_charge)
 SELECT c->>'ledger_id', c->>'entity_type', c->>'entity_id', c->>'window', (c->>'period_start')::timestamptz,
-       (c->>'period_end')::timestamptz, spent, 0, records, updated_at
+       (c->>'period_end')::timestamptz, spent, 0, records, updated_at, b.max_budget
 FROM (SELECT piece::jsonb AS c, spent, records, updated_at
       FROM (SELECT piece, sum(cost) AS spent, count(*) AS records, max(created_at) AS updated_at
             FROM seed_events, unnest(pieces) AS piece WHERE piece IS NOT NULL GROUP BY piece) g) j
+-- the limit the record path writes: the charged window's budget (none for budget-less end users)
+LEFT JOIN (SELECT entity_type, entity_id, duration, min(max_budget) AS max_budget FROM budgets GROUP BY 1, 2, 3) b
+       ON b.entity_type = c->>'entity_type' AND b.entity_id = c->>'entity_id'
+          AND b.duration IS NOT DISTINCT FROM c->>'window'
 ORDER BY 1  -- index order: the B-tree inserts then touch each leaf page once
 """
 
@@ -553,8 +558,6 @@ def explain_statements(sample: dict[str, Any], now: datetime) -> list[tuple[str,
     """(name, positional SQL, args, writes) of the statements of one authorize + record."""
     key_chain = _positional(str(getattr(_KEY_CHAIN_SQL.element, "text")), ["key_hash", "model", "end_user", "tags"], 2)
     named = _positional(str(getattr(_NAMED_SQL.element, "text")), ["end_user", "tags"], 2)
-    add_spend = _positional(_PG_ADD_SPEND.text, ["cost", "now", "ids", "types", "entity_ids", "windows",
-                                                 "starts", "ends"], 0)
     ids = [c["ledger_id"] for c in sample["charges"]]
     insert_event = (
         "INSERT INTO spend_events (request_id, cost, outcome, key_id, model, charges, policy_revision, created_at) "
@@ -569,11 +572,12 @@ def explain_statements(sample: dict[str, Any], now: datetime) -> list[tuple[str,
         ("record: insert spend event", insert_event,
          [f"explain-{uuid.uuid4().hex}", 1000, "success", sample["key_id"], "gpt-4o", json.dumps(sample["charges"]),
           "rev", now], True),
-        ("record: ledger upsert", add_spend,
-         [1000, now, ids, [c["entity_type"] for c in sample["charges"]],
+        ("record: ledger upsert", _PG_ADD_SPEND,  # positional already: ids … ends, costs, limits, now
+         [ids, [c["entity_type"] for c in sample["charges"]],
           [c["entity_id"] for c in sample["charges"]], [c["window"] for c in sample["charges"]],
           [datetime.fromisoformat(c["period_start"]) for c in sample["charges"]],
-          [datetime.fromisoformat(c["period_end"]) if c["period_end"] else None for c in sample["charges"]]], True),
+          [datetime.fromisoformat(c["period_end"]) if c["period_end"] else None for c in sample["charges"]],
+          [1000] * len(ids), [c.get("limit") for c in sample["charges"]], now], True),
     ]
 
 

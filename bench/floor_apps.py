@@ -119,7 +119,8 @@ def _batch_writer(pool: asyncpg.Pool) -> Any:
             updated = await connection.fetch(
                 _PG_ADD_SPEND, [r.id for r in LEDGERS], [r.entity_type for r in LEDGERS],
                 [r.entity_id for r in LEDGERS], [r.window for r in LEDGERS], [r.period_start for r in LEDGERS],
-                [r.period_end for r in LEDGERS], [cost] * len(LEDGERS), datetime.now(timezone.utc),
+                [r.period_end for r in LEDGERS], [cost] * len(LEDGERS), [None] * len(LEDGERS),
+                datetime.now(timezone.utc),
             ) if inserted else []
         snaps = {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in updated}
         return {item.event.request_id: tuple(snaps[ref.id] for ref in LEDGERS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, select
@@ -75,7 +75,9 @@ class LedgerStore:
         async with wrap_database_errors(), self._sessions() as session:
             return await session.get(SpendEvent, request_id)
 
-    async def record(self, *, event: SpendEvent, ledgers: Sequence[LedgerRef]) -> RecordedSpend:
+    async def record(
+        self, *, event: SpendEvent, ledgers: Sequence[LedgerRef], limits: Mapping[str, int | None] | None = None
+    ) -> RecordedSpend:
         """Insert the spend event and add its cost to every ledger — once, in one transaction.
 
         A second call for the same request id writes nothing and returns the first event
@@ -83,10 +85,13 @@ class LedgerStore:
         statement whose rows come in ledger-id order, so concurrent records lock rows in the
         same order and never deadlock. On PostgreSQL the write shares a transaction with the
         records that queued beside it (`record_batch.py`); it still returns only once committed.
+        `limits` (ledger id → the hard limit the decision was taken with; absent: none) is
+        stored on each charged ledger as `limit_at_charge`, for the console's ranking only.
         """
         ordered = tuple(sorted({ref.id: ref for ref in ledgers}.values(), key=lambda ref: ref.id))
+        limits = limits or {}
         if self._batcher is not None:
-            written = await self._batcher.submit(event, ordered)
+            written = await self._batcher.submit(event, ordered, limits)
             if written is not None:
                 return RecordedSpend(event, False, written)
         else:
@@ -101,7 +106,9 @@ class LedgerStore:
                             .returning(_EVENTS.c.request_id),
                         )
                     ).first()
-                    snapshots = await self._add_spend(session, ordered, event.cost) if inserted is not None else ()
+                    snapshots = (
+                        await self._add_spend(session, ordered, event.cost, limits) if inserted is not None else ()
+                    )
                     if inserted is not None:
                         one = WrittenBatch((event,), {snap.ledger_id: snap for snap in snapshots})
                         for writer in self.in_transaction:
@@ -130,16 +137,19 @@ class LedgerStore:
             inserted = {row[0] for row in rows}
             deltas: dict[str, int] = defaultdict(int)
             refs: dict[str, LedgerRef] = {}
+            limits: dict[str, int | None] = {}  # a ledger charged twice in the batch: the later record's
             for item in items:
                 if item.event.request_id in inserted:
                     for ref in item.ledgers:
                         deltas[ref.id] += item.event.cost
                         refs[ref.id] = ref
+                        limits[ref.id] = item.limits.get(ref.id)
             ordered = sorted(refs.values(), key=lambda ref: ref.id)
             updated = await connection.fetch(
                 _PG_ADD_SPEND,
                 *_columns(ordered, "id", "entity_type", "entity_id", "window", "period_start", "period_end"),
                 [deltas[ref.id] for ref in ordered],
+                [limits[ref.id] for ref in ordered],
                 utcnow(),
             ) if ordered else []
             by_id = {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in updated}
@@ -154,7 +164,9 @@ class LedgerStore:
         }
 
     @staticmethod
-    async def _add_spend(session: Any, ordered: Sequence[LedgerRef], cost: int) -> tuple[LedgerSnapshot, ...]:
+    async def _add_spend(
+        session: Any, ordered: Sequence[LedgerRef], cost: int, limits: Mapping[str, int | None]
+    ) -> tuple[LedgerSnapshot, ...]:
         """SQLite: one upsert per ledger (PostgreSQL records go through `_write_batch`)."""
         if not ordered:
             return ()
@@ -164,7 +176,7 @@ class LedgerStore:
             values = sqlite_insert(_LEDGERS).values(
                 ledger_id=ref.id, entity_type=ref.entity_type, entity_id=ref.entity_id, window=ref.window,
                 period_start=ref.period_start, period_end=ref.period_end, spent=cost, reserved=0, version=1,
-                updated_at=now,
+                updated_at=now, limit_at_charge=limits.get(ref.id),
             )
             statement = values.on_conflict_do_update(
                 index_elements=["ledger_id"],
@@ -172,6 +184,7 @@ class LedgerStore:
                     "spent": _LEDGERS.c.spent + values.excluded.spent,
                     "version": _LEDGERS.c.version + 1,
                     "updated_at": values.excluded.updated_at,
+                    "limit_at_charge": values.excluded.limit_at_charge,
                 },
             ).returning(_LEDGERS.c.ledger_id, _LEDGERS.c.spent, _LEDGERS.c.version)
             rows.extend((await execute_core(session, statement)).all())
@@ -179,16 +192,21 @@ class LedgerStore:
         return tuple(found[ref.id] for ref in ordered)
 
 
-#: Adds each ledger's delta ($7) — inserting ledgers never charged before — in ledger-id order.
+#: Adds each ledger's delta ($7) and sets its limit at charge ($8) — inserting ledgers never charged
+#: before — in ledger-id order. The limit is usually unchanged, and it is in no index key, so the
+#: update stays HOT (ix_ledgers_never_ending_limited's predicate names it: only a change counts).
 _PG_ADD_SPEND = """
     INSERT INTO ledgers (ledger_id, entity_type, entity_id, "window", period_start, period_end,
-                         spent, reserved, version, updated_at)
-    SELECT l.ledger_id, l.entity_type, l.entity_id, l."window", l.period_start, l.period_end, l.cost, 0, 1, $8
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::bigint[])
-         WITH ORDINALITY AS l(ledger_id, entity_type, entity_id, "window", period_start, period_end, cost, position)
+                         spent, reserved, version, updated_at, limit_at_charge)
+    SELECT l.ledger_id, l.entity_type, l.entity_id, l."window", l.period_start, l.period_end, l.cost, 0, 1, $9,
+           l.limit_at_charge
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::bigint[],
+                $8::bigint[])
+         WITH ORDINALITY AS l(ledger_id, entity_type, entity_id, "window", period_start, period_end, cost,
+                              limit_at_charge, position)
     ORDER BY l.position
     ON CONFLICT (ledger_id) DO UPDATE SET spent = ledgers.spent + excluded.spent,
-        version = ledgers.version + 1, updated_at = excluded.updated_at
+        version = ledgers.version + 1, updated_at = excluded.updated_at, limit_at_charge = excluded.limit_at_charge
     RETURNING ledger_id, spent, version
 """
 

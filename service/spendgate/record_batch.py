@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
@@ -66,6 +66,9 @@ class BatchItem:
 
     event: SpendEvent
     ledgers: tuple[LedgerRef, ...]
+    #: The hard limit in force per ledger id when the record was decided (absent: none) — written
+    #: to the ledger row for the console's ranking (`Ledger.limit_at_charge`).
+    limits: Mapping[str, int | None] = field(default_factory=dict)
     #: Resolves to the committed snapshots of `ledgers`, or None when the event already existed.
     answer: asyncio.Future[tuple[LedgerSnapshot, ...] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -92,10 +95,12 @@ class RecordBatcher:
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, event: SpendEvent, ledgers: tuple[LedgerRef, ...]) -> tuple[LedgerSnapshot, ...] | None:
+    async def submit(
+        self, event: SpendEvent, ledgers: tuple[LedgerRef, ...], limits: Mapping[str, int | None] | None = None
+    ) -> tuple[LedgerSnapshot, ...] | None:
         """Write one record with the next batch (`ledgers` unique, in id order); None when its
         request id was already recorded."""
-        item = BatchItem(event, ledgers)
+        item = BatchItem(event, ledgers, limits or {})
         self._queue.append(item)
         if self._running < self._concurrency:
             self._running += 1

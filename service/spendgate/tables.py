@@ -153,6 +153,14 @@ class Ledger(SQLModel, table=True):
         Index("ix_ledgers_entity", "entity_type", "entity_id"),
         # Current periods (console overview); period_end is never updated, so spend stays a HOT update.
         Index("ix_ledgers_period_end", "period_end"),
+        # Never-ending ledgers charged under a limit (the overview's ranking): a few lifetime budgets
+        # among many budget-less end-user ledgers. A record rewrites limit_at_charge with the same
+        # value, which keeps its update HOT; only a changed limit makes one non-HOT.
+        Index(
+            "ix_ledgers_never_ending_limited", "entity_type",
+            postgresql_where=text("period_end IS NULL AND limit_at_charge IS NOT NULL"),
+            sqlite_where=text("period_end IS NULL AND limit_at_charge IS NOT NULL"),
+        ),
     )
     ledger_id: str = Field(primary_key=True, max_length=700)
     entity_type: str = Field(max_length=20)
@@ -163,6 +171,9 @@ class Ledger(SQLModel, table=True):
     spent: int = Field(default=0, sa_column=_money())
     #: Held by unrecorded reservations — used by the SQL counters adapter only.
     reserved: int = Field(default=0, sa_column=_money())
+    #: The hard limit in force at the ledger's last charge (None: no limit, or never charged since
+    #: migration 0006) — for ranking only (console overview); shown figures are read from budgets.
+    limit_at_charge: int | None = Field(default=None, sa_column=_money(nullable=True))
     #: Bumped by every transaction that changes `spent` (a batch of records bumps it once);
     #: lets a cache keep only the newest snapshot.
     version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))

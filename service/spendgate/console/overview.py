@@ -1,46 +1,59 @@
 """What the console's overview shows: spend today and this month, who is near a limit, top
 spenders, recent denials and alerts — from the rollups, decision-store, alert and ledger services.
 
-Every figure is read on every load. The spend sums read the `*` rollup rows (every request once)
-of an hour range from a partial covering index (migration 0005_console_indexes), index-only; "near
-a limit" reads only the ledgers whose period has not ended (an index range on period_end).
+The spend sums read the `*` rollup rows (every request once) of an hour range from a partial
+covering index (migration 0005_console_indexes), index-only: the month's and today's totals in one
+pass, today's top keys grouped and cut in SQL.
 
-"Near a limit" ranks current ledgers by committed `spent` / limit in SQL (one query, no
-per-entity query), then reads the top candidates' exact `spent` and `reserved` from the counters
-— the figures admin responses show — and orders them by (spent + reserved) / limit. An entity
-with only reservations and no committed spend yet is not a candidate; reservations last seconds,
-spend stays. The ranking (not the figures) is reused for 15 s unless an admin change (an audit
-event) happened since.
+"Near a limit" ranks current ledgers by committed `spent` / `limit_at_charge` — the hard limit in
+force at each ledger's last charge, written by the record path (migration 0006) — in one SQL
+pass over ledgers alone: an index range on period_end for windowed ledgers, a partial index for
+never-ending ones, no join to budgets. It then reads the top candidates' budgets, and their exact
+`spent` and `reserved` from the counters — the figures admin responses show — and orders them by
+(spent + reserved) / limit. A stale `limit_at_charge` (a limit changed since the last charge, a
+budget or entity removed) can only move an entity up or down among the candidates: every figure
+and limit shown is read from budgets. Candidates whose budgets no longer show a limit are skipped,
+and the next ones read (up to `_RANKED`). An entity with only reservations and no committed spend
+yet is not a candidate: reservations last seconds, spend stays.
+
+The ranking (not the figures) is reused for 15 s per replica unless an admin change (an audit
+event) happened since: without the join it costs half what it did, but still ~0.26 s at 100k keys
+on the 2-core bench machine (bench/README.md, "Console overview"). Everything else is read on
+every load.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Numeric, and_, cast, func, literal, or_, select
+from sqlalchemy import Double, and_, cast, func, literal, or_, select
 from sqlmodel import select as model_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from ..admin.common import admin_read
-from ..admin.ledger_view import ledger_lines, read_ledgers
+from ..admin.ledger_view import LedgerLine, default_end_user_budget, ledger_lines, read_ledgers
 from ..alerts.listing import list_alerts
 from ..db import execute_core, wrap_database_errors
 from ..decision_store import recent
 from ..money import format_nanos, to_nanos
 from ..reports.rollups import ALL
 from ..runtime import Runtime
-from ..tables import AuditEvent, Budget, Ledger, SpendRollup
+from ..tables import AuditEvent, Budget, EndUser, Ledger, SpendRollup
 
 __all__ = ["NearLimit", "Overview", "overview", "near_limit"]
 
 _L = Ledger.__table__  # type: ignore[attr-defined]
 _B = Budget.__table__  # type: ignore[attr-defined]
 _R = SpendRollup.__table__  # type: ignore[attr-defined]
+_E = EndUser.__table__  # type: ignore[attr-defined]
 _A = AuditEvent.__table__  # type: ignore[attr-defined]
-#: Candidates read from SQL, and rows shown.
-_CANDIDATES = 25
+#: Ranked ledgers read from SQL (the top-N sort costs the same for 25 or 100), entities whose
+#: figures are read per round, and rows shown.
+_RANKED = 100
+_ROUND = 25
 _SHOWN = 10
 #: How long the near-limit ranking is reused when no admin change was made meanwhile.
 _CANDIDATES_SECONDS = 15.0
@@ -76,36 +89,44 @@ class Overview(NamedTuple):
     alerts: list[dict[str, Any]]
 
 
-def _shares(ledgers: Any, budgets: Any) -> Any:
-    """Current ledgers with committed spend joined to their budget window (`ledgers` already
-    restricted to current periods), with their committed share of the limit."""
-    used = cast(ledgers.c.spent, Numeric(38, 0)) / budgets.c.max_budget  # ordering only; shown figures are exact
-    return select(ledgers.c.entity_type, ledgers.c.entity_id, used.label("used")).where(
-        ledgers.c.entity_type == budgets.c.entity_type, ledgers.c.entity_id == budgets.c.entity_id,
-        budgets.c.max_budget > 0, ledgers.c.spent > 0,
+def _shares(*current: Any) -> Any:
+    """Ledgers with committed spend under a limit, with their committed share of it.
+
+    The share is a double-precision ratio: an ordering key only, never shown or summed (the shares
+    shown are integer basis points of exact nanos). Dividing as numeric cost ~55 ms more over the
+    ~130k current ledgers of bench/console.py; a ratio's 53-bit precision cannot reorder any
+    two entities a person could tell apart."""
+    used = cast(_L.c.spent, Double).op("/", return_type=Double)(cast(_L.c.limit_at_charge, Double))
+    return select(_L.c.entity_type, _L.c.entity_id, used.label("used")).where(
+        *current, _L.c.spent > 0, _L.c.limit_at_charge > 0
     )
 
 
 async def _candidates(session: AsyncSession, now: datetime) -> list[tuple[str, str]]:
-    """Entities whose current ledgers have the most committed spend for their limit (one SQL pass).
+    """Entities whose current ledgers have the most committed spend for their limit, most first
+    (one SQL pass over ledgers, no join).
 
-    Windowed ledgers are current while `period_end > now` (an index range, ix_ledgers_period_end);
-    ledgers of windowless budgets never end, and are found from those few budgets rather than from
-    every windowless ledger (end users and tags without a budget have one each)."""
-    windowed = _shares(_L, _B).where(_L.c.period_end > now, _L.c.period_start <= now, _L.c.window == _B.c.duration)
-    never = _shares(_L, _B).where(_B.c.duration.is_(None), _L.c.window.is_(None), _L.c.period_end.is_(None))
+    Windowed ledgers are current while `period_start <= now < period_end` (an index range,
+    ix_ledgers_period_end); never-ending ledgers charged under a limit are the partial index
+    ix_ledgers_never_ending_limited — not the many budget-less end-user and tag ledgers."""
+    windowed = _shares(_L.c.period_end > now, _L.c.period_start <= now)
+    never = _shares(_L.c.period_end.is_(None), _L.c.limit_at_charge.is_not(None))
     both = windowed.union_all(never).subquery()
-    statement = select(both.c.entity_type, both.c.entity_id).order_by(both.c.used.desc()).limit(_CANDIDATES)
+    statement = (
+        select(both.c.entity_type, both.c.entity_id)
+        .order_by(both.c.used.desc(), both.c.entity_type, both.c.entity_id)
+        .limit(_RANKED)
+    )
     return list(dict.fromkeys((row[0], row[1]) for row in (await execute_core(session, statement)).all()))
 
 
 async def _cached_candidates(session: AsyncSession, runtime: Runtime, now: datetime) -> list[tuple[str, str]]:
     """`_candidates`, reused for up to `_CANDIDATES_SECONDS` unless an admin change was made since.
 
-    Even as an index range, ranking the ~130k current ledgers of 100k keys (and hashing their
-    ~320k budgets) costs ~0.25-0.4 s (bench/console.py); the ranking moves slowly, and the
-    figures shown are read live for every page either way.
-    """
+    Even without a join, ranking the ~130k current ledgers of 100k keys reads each one's heap row
+    (spent changes on every record, so no index may hold it): ~0.26 s on the 2-core bench machine,
+    half a cold load (bench/console.py). The ranking moves slowly, and the figures shown are read
+    live for every page either way."""
     marker = (await execute_core(session, select(func.max(_A.c.id)))).scalar()
     key = runtime.settings.database_url
     found = _ranked.get(key)
@@ -116,50 +137,85 @@ async def _cached_candidates(session: AsyncSession, runtime: Runtime, now: datet
     return candidates
 
 
-async def near_limit(*, session: AsyncSession, runtime: Runtime, now: datetime, cached: bool = True) -> list[NearLimit]:
-    """Entities whose current ledger is closest to its hard limit, most used first."""
-    entities = await (_cached_candidates(session, runtime, now) if cached else _candidates(session, now))
+async def _lines(
+    session: AsyncSession, runtime: Runtime, entities: Sequence[tuple[str, str]], now: datetime
+) -> dict[str, list[LedgerLine]]:
+    """The current ledger lines of `entities` — their budgets as the decision path applies them."""
     budgets: dict[tuple[str, str], list[Budget]] = {entity: [] for entity in entities}
-    if entities:  # one query for every candidate's windows, in the order load_budgets reads them
-        wanted = or_(*(and_(_B.c.entity_type == t, _B.c.entity_id == i) for t, i in entities))
-        rows = await session.exec(model_select(Budget).where(wanted).order_by(_B.c.entity_type, _B.c.entity_id, _B.c.id))
-        for row in rows.all():
-            budgets[(row.entity_type, row.entity_id)].append(row)
-    groups = {
+    wanted = or_(*(and_(_B.c.entity_type == t, _B.c.entity_id == i) for t, i in entities))
+    rows = await session.exec(model_select(Budget).where(wanted).order_by(_B.c.entity_type, _B.c.entity_id, _B.c.id))
+    for row in rows.all():  # in the order load_budgets reads them
+        budgets[(row.entity_type, row.entity_id)].append(row)
+    untracked = [i for t, i in entities if t == "end_user" and not budgets[(t, i)]]
+    if untracked and runtime.settings.default_end_user_budget:  # end users never created: the default budget
+        known = set((await execute_core(session, select(_E.c.id).where(_E.c.id.in_(untracked)))).scalars())
+        for entity_id in set(untracked) - known:
+            budgets[("end_user", entity_id)] = default_end_user_budget(runtime.settings, entity_id)
+    return {
         f"{entity_type}:{entity_id}": ledger_lines(
             entity_type=entity_type, entity_id=entity_id, budgets=budgets[(entity_type, entity_id)], at=now
         )
         for entity_type, entity_id in entities
     }
-    shown = await read_ledgers(counters=runtime.counters, groups=groups)
+
+
+async def near_limit(*, session: AsyncSession, runtime: Runtime, now: datetime, cached: bool = True) -> list[NearLimit]:
+    """Entities whose current ledger is closest to its hard limit, most used first."""
+    candidates = await (_cached_candidates(session, runtime, now) if cached else _candidates(session, now))
     found: list[NearLimit] = []
-    for name, ledgers in shown.items():
-        entity_type, _, entity_id = name.partition(":")
-        for ledger in ledgers:
-            if ledger.limit is None or to_nanos(ledger.limit) <= 0:
-                continue
-            used_nanos = to_nanos(ledger.spent) + to_nanos(ledger.reserved)
-            found.append(NearLimit(
-                entity_type, entity_id, ledger.window, ledger.spent, ledger.reserved, ledger.limit,
-                used_nanos * 10_000 // to_nanos(ledger.limit), ledger.resets_at,
-            ))
+    for start in range(0, len(candidates), _ROUND):  # one round unless stale candidates showed nothing
+        shown = await read_ledgers(
+            counters=runtime.counters,
+            groups=await _lines(session, runtime, candidates[start : start + _ROUND], now),
+        )
+        for name, ledgers in shown.items():
+            entity_type, _, entity_id = name.partition(":")
+            for ledger in ledgers:
+                if ledger.limit is None or to_nanos(ledger.limit) <= 0:
+                    continue
+                used_nanos = to_nanos(ledger.spent) + to_nanos(ledger.reserved)
+                found.append(NearLimit(
+                    entity_type, entity_id, ledger.window, ledger.spent, ledger.reserved, ledger.limit,
+                    used_nanos * 10_000 // to_nanos(ledger.limit), ledger.resets_at,
+                ))
+        if len(found) >= _SHOWN:
+            break
     found.sort(key=lambda item: item.used_bp, reverse=True)
     return found[:_SHOWN]
 
 
-async def _sums(session: AsyncSession, start: datetime, end: datetime, *, by_key: bool) -> list[Any]:
-    """Sums of the `*` rollup rows (every request once) over [start, end), per key when asked.
+def _all_rows(start: datetime, end: datetime) -> Any:
+    """The `*` rollup rows (every request once) of the hours in [start, end).
 
     Filtered on entity_type alone (only the `*` entity has type `*`), written into the SQL text
     rather than bound, so that PostgreSQL reads the partial covering index ix_spend_rollups_all_hour
     (index-only) in generic plans of the prepared statement too."""
-    columns = [_R.c.key_id] if by_key else []
-    statement = select(*columns, func.sum(_R.c.spend), func.sum(_R.c.requests)).where(
-        _R.c.entity_type == literal(ALL[0], literal_execute=True), _R.c.hour >= start, _R.c.hour < end
+    return and_(_R.c.entity_type == literal(ALL[0], literal_execute=True), _R.c.hour >= start, _R.c.hour < end)
+
+
+async def _totals(session: AsyncSession, month_start: datetime, day_start: datetime, end: datetime) -> Any:
+    """(spend, requests) of the month and of today, in one pass over the month's hours."""
+    today = _R.c.hour >= day_start
+    statement = select(
+        func.sum(_R.c.spend), func.sum(_R.c.requests),
+        func.sum(_R.c.spend).filter(today), func.sum(_R.c.requests).filter(today),
+    ).where(_all_rows(month_start, end))
+    return (await execute_core(session, statement)).one()
+
+
+async def _top_keys(session: AsyncSession, day_start: datetime, end: datetime) -> list[TopSpender]:
+    """Today's biggest keys, grouped and cut in SQL: ~20k keys spend on a busy day, and
+    carrying them all to Python cost more than the query (bench/console.py)."""
+    spend = func.sum(_R.c.spend)
+    statement = (
+        select(_R.c.key_id, spend, func.sum(_R.c.requests))
+        .where(_all_rows(day_start, end), _R.c.key_id != "")
+        .group_by(_R.c.key_id)
+        .order_by(spend.desc(), _R.c.key_id)
+        .limit(_SHOWN)
     )
-    if by_key:
-        statement = statement.group_by(_R.c.key_id)
-    return list((await execute_core(session, statement)).all())
+    rows = (await execute_core(session, statement)).all()
+    return [TopSpender(key_id, format_nanos(int(total)), int(requests)) for key_id, total, requests in rows]
 
 
 async def overview(*, session: AsyncSession, runtime: Runtime) -> Overview:
@@ -168,17 +224,14 @@ async def overview(*, session: AsyncSession, runtime: Runtime) -> Overview:
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month_start = day_start.replace(day=1)
     async with admin_read(), wrap_database_errors():
-        today = [(key_id, int(spend), int(requests))
-                 for key_id, spend, requests in await _sums(session, day_start, end, by_key=True) if spend is not None]
-        (month_spend, month_requests), = await _sums(session, month_start, end, by_key=False)
-        top = sorted((row for row in today if row[0]), key=lambda row: row[1], reverse=True)[:_SHOWN]
+        month_spend, month_requests, today_spend, today_requests = await _totals(session, month_start, day_start, end)
         return Overview(
-            spend_today=format_nanos(sum(row[1] for row in today)),
-            requests_today=sum(row[2] for row in today),
+            spend_today=format_nanos(int(today_spend or 0)),
+            requests_today=int(today_requests or 0),
             spend_month=format_nanos(int(month_spend or 0)),
             requests_month=int(month_requests or 0),
             near_limit=await near_limit(session=session, runtime=runtime, now=now),
-            top_keys_today=[TopSpender(key_id, format_nanos(spend), requests) for key_id, spend, requests in top],
+            top_keys_today=await _top_keys(session, day_start, end),
             denials=(await recent(session, entity=None, decision="deny", limit=10, cursor=None))["items"],
             alerts=(await list_alerts(session, entity=None, status=None, limit=10, cursor=None))["items"],
         )

@@ -169,7 +169,9 @@ async def record(
             policy_revision=attribution.revision,
             created_at=clock(),
         )
-        recorded = await ledger_store.record(event=event, ledgers=attribution.ledgers)
+        recorded = await ledger_store.record(
+            event=event, ledgers=attribution.ledgers, limits={i: pair[0] for i, pair in attribution.budgets.items()}
+        )
     first = recorded.event
     if recorded.duplicate and (first.cost, first.outcome) != (cost, request.outcome):
         raise RecordConflict(

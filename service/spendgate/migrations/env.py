@@ -13,6 +13,10 @@ context.configure(
     target_metadata=SQLModel.metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    # PostgreSQL (spendgate.migrate hands over a connection outside a transaction): one transaction
+    # per revision, so a revision can step outside it (CREATE INDEX CONCURRENTLY). SQLite's
+    # connection is already in spendgate.migrate's transaction, which alembic then leaves alone.
+    transaction_per_migration=True,
 )
 with context.begin_transaction():
     context.run_migrations()
