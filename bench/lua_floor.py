@@ -32,6 +32,7 @@ from _common import cpu_seconds, fmt_ms, machine_summary, pct, services
 from _fixtures import decision_inputs
 from spendgate.counters import Hold, RedisCounters, StoredDecision
 from spendgate.decisions.authorize import charge_view
+from spendgate.decisions.policy_input import ledger_static
 from spendgate.ledgers import LedgerSnapshot
 
 
@@ -42,13 +43,14 @@ async def _no_snapshots(ids: Any) -> dict[str, LedgerSnapshot]:
 class Floor:
     def __init__(self, counters: RedisCounters) -> None:
         self.counters = counters
-        _facts, candidates, figures, _doc = decision_inputs()
+        facts, candidates, figures, _doc = decision_inputs()
         # The shipped policy charges all but the user's own ledger for a team key.
         self.charged = [c for c in candidates if c.ref.entity_type != "user"]
         self.refs = [c.ref for c in candidates]
         self.body = {
             "request_id": "", "decision": "allow", "reasons": [],
-            "charges": [charge_view(c, figures[c.ref.id]) for c in self.charged], "alerts": [],
+            "charges": [charge_view(c, figures[c.ref.id], ledger_static(facts, c)) for c in self.charged],
+            "alerts": [],
             "reservation": {"amount": "0.020000", "expires_at": "2026-11-23T03:10:00Z"},
             "policy_revision": "sha256:0123456789abcdef", "key_id": "key-7", "model": "gpt-4o",
         }

@@ -1,6 +1,7 @@
-"""The counters contract: every adapter (Redis, SQL on PostgreSQL, SQL on SQLite) behaves alike.
+"""The counters contract: every adapter (Redis, SQL on PostgreSQL, SQL on SQLite, the SQLite
+adapter) behaves alike.
 
-Each contract test runs three times, against real servers. Two adapter instances with their
+Each contract test runs once per adapter, against real servers and files. Two adapter instances with their
 own connections stand in for two replicas. The Redis-only tests at the end cover what only a
 cache has to survive: being flushed, stale snapshots, a counter vanishing under a hold, and
 the server going away.
@@ -24,6 +25,7 @@ from spendgate.counters import (
     Hold,
     RedisCounters,
     SqlCounters,
+    SqliteCounters,
     StoredDecision,
 )
 from spendgate.db import create_engine, session_factory
@@ -36,7 +38,8 @@ from spendgate.settings import Settings
 from spendgate.tables import SpendEvent, utcnow
 from support.services import RedisServer
 
-ADAPTERS = ["redis", "sql_postgres", "sql_sqlite"]
+#: `sqlite` is the embedded default's adapter; `sql_sqlite` is SqlCounters on the same kind of file.
+ADAPTERS = ["redis", "sql_postgres", "sql_sqlite", "sqlite"]
 TTL = 600
 
 
@@ -114,6 +117,15 @@ async def sql_harness(url: str, *, migrate: bool) -> Harness:
     return Harness(SqlCounters(sessions), SqlCounters(session_factory(engines[1])), LedgerStore(sessions), engines)
 
 
+async def sqlite_harness(url: str) -> Harness:
+    """Two `SqliteCounters` on one migrated file: two connections and threads, as two processes would be."""
+    engine = sql_engine(url)
+    await upgrade(engine)
+    return Harness(
+        SqliteCounters.for_url(url), SqliteCounters.for_url(url), LedgerStore(session_factory(engine)), [engine]
+    )
+
+
 async def dispose(harness: Harness) -> None:
     for counters in (harness.counters, harness.replica):
         await counters.close()
@@ -128,7 +140,7 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str, str]:
         return request.param, request.getfixturevalue("clean_pg"), request.getfixturevalue("redis_url")
     if request.param == "sql_postgres":
         return request.param, request.getfixturevalue("clean_pg"), ""
-    return request.param, request.getfixturevalue("sqlite_url"), ""
+    return request.param, request.getfixturevalue("sqlite_url"), ""  # sql_sqlite, sqlite
 
 
 @pytest.fixture
@@ -136,6 +148,8 @@ async def harness(backend: tuple[str, str, str]) -> AsyncIterator[Harness]:
     kind, database_url, redis_url = backend
     if kind == "redis":
         built = await redis_harness(redis_url, database_url)
+    elif kind == "sqlite":
+        built = await sqlite_harness(database_url)
     else:
         built = await sql_harness(database_url, migrate=kind == "sql_sqlite")
     yield built
@@ -460,8 +474,9 @@ async def test_an_unreachable_redis_is_reported_as_unavailable(
     await on_redis.counters.ping()
 
 
-async def test_sql_counters_forget_settled_decisions_after_the_idempotency_window(sqlite_url: str) -> None:
-    harness = await sql_harness(sqlite_url, migrate=True)
+@pytest.mark.parametrize("kind", ["sql_sqlite", "sqlite"])
+async def test_sql_counters_forget_settled_decisions_after_the_idempotency_window(sqlite_url: str, kind: str) -> None:
+    harness = await (sqlite_harness(sqlite_url) if kind == "sqlite" else sql_harness(sqlite_url, migrate=True))
     try:
         ledger = never_resets("k1")
         start = datetime.now(timezone.utc)

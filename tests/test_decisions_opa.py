@@ -48,8 +48,12 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
 async def test_opa_and_embedded_services_make_identical_decisions(
     app_factory: Any, sqlite_url: str, tmp_path: Any, opa: OpaCompatServer
 ) -> None:
-    embedded = await app_factory(database_url=sqlite_url)
-    with_opa = await app_factory(database_url=f"sqlite+aiosqlite:///{tmp_path / 'opa.db'}", opa_url=opa.url)
+    # Figures read afresh for every decision: a refusal first decided on remembered figures is
+    # decided again (SPENDGATE_FIGURES_MAX_AGE_SECONDS), which would make the query count vary.
+    embedded = await app_factory(database_url=sqlite_url, figures_max_age_seconds=0)
+    with_opa = await app_factory(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'opa.db'}", opa_url=opa.url, figures_max_age_seconds=0
+    )
     queried_before = opa.data_queries
 
     by_opa = await _scenario(with_opa)

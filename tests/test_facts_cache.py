@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import event
 
 from spendgate import facts as facts_module
 from spendgate.db import create_engine, session_factory
@@ -72,3 +74,37 @@ async def test_the_cache_never_holds_more_than_its_bound(
         await load(facts, f"eu-{i}")
     assert len(facts._entries) == 10
     assert {key[2] for key in facts._entries} == {f"eu-{i}" for i in range(15, 25)}
+
+
+async def test_concurrent_misses_of_one_shape_share_one_read(
+    cache: tuple[FactsCache, SteppedClock],
+) -> None:
+    """When an entry is missing under load, the requests that find it so wait for one database
+    read (counted at the driver) and all get its facts; another shape is read on its own."""
+    facts, _clock = cache
+    engine = facts.sessions.kw["bind"]
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    herd = await asyncio.gather(*(load(facts, "eu-herd") for _ in range(10)))
+    herd_statements = len(statements)
+    statements.clear()
+    other = await load(facts, "eu-other")  # what one read of one shape takes
+
+    assert all(item is herd[0] for item in herd) and other is not herd[0]
+    assert herd_statements == len(statements) > 0
+    statements.clear()
+    await load(facts, "eu-herd")
+    assert statements == []  # and then it is cached
+
+
+async def test_a_failed_shared_read_fails_every_request_that_waited_for_it(sqlite_url: str) -> None:
+    settings = Settings(database_url=sqlite_url)
+    engine = create_engine(settings)  # no migration: the tables are missing, so the read fails
+    facts = FactsCache(session_factory(engine), ttl_seconds=0.5, settings=settings)
+    try:
+        outcomes = await asyncio.gather(*(load(facts, "eu-1") for _ in range(5)), return_exceptions=True)
+        assert len(outcomes) == 5 and all(isinstance(item, Exception) for item in outcomes)
+        assert facts._loading == {}
+    finally:
+        await engine.dispose()

@@ -96,3 +96,22 @@ def test_sqlite_runs_one_worker_and_says_why(tmp_path: Path, sqlite_url: str) ->
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     assert "starting 1 worker, not 2: the embedded SQLite database has one writer" in stderr
+
+
+def test_the_decision_log_of_a_served_process_reaches_stderr(tmp_path: Path, sqlite_url: str) -> None:
+    """The decision log is written by a thread (cli.py): every decision's line is on stderr by the
+    time the process has stopped, and the key's secret never is."""
+    with _serving(tmp_path, 1, SPENDGATE_DATABASE_URL=sqlite_url) as (process, url):
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        created = httpx.post(f"{url}/v1/admin/keys", json={"id": "k-log"}, headers=admin, timeout=10).json()
+        for index in range(3):
+            answer = httpx.post(
+                f"{url}/v1/authorize", json={"request_id": f"logged-{index}", "api_key": created["key"]},
+                headers={"authorization": f"Bearer {GATEWAY_TOKEN}"}, timeout=10,
+            )
+            assert answer.status_code == 200 and answer.json()["decision"] == "allow"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    logged = [line for line in stderr.splitlines() if " INFO spendgate.decisions: " in line]
+    assert [f'"request_id":"logged-{i}"' in line for i, line in enumerate(logged)] == [True, True, True]
+    assert created["key"] not in stderr

@@ -6,8 +6,10 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
+from urllib.parse import urlencode
 
 from sqlalchemy import Executable, Result, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,12 +25,19 @@ __all__ = [
     "wrap_database_errors",
     "execute_core",
     "dialect_name",
+    "SQLITE_PRAGMAS",
+    "sqlite_file",
 ]
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
 #: Errors that mean "the database is not reachable / the connection died", not "your SQL is wrong".
 database_errors: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError, ConnectionError)
+
+#: Every SQLite connection's settings — the engine's and the SQLite counters' own
+#: (counters/sqlite_counters.py): WAL so readers never block the writer, and a busy timeout so a
+#: writer waits for the file's one write lock instead of failing.
+SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=30000")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -50,12 +59,25 @@ def create_engine(settings: Settings) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     return engine
+
+
+def sqlite_file(url: str) -> tuple[str, bool]:
+    """The database a `sqlite+aiosqlite:///…` URL names, as `sqlite3.connect` takes it: (name, uri).
+
+    An in-memory database is refused: every connection would get a database of its own."""
+    parsed = make_url(url)
+    name = parsed.database
+    if not name or name == ":memory:" or parsed.query.get("mode") == "memory":
+        raise ValueError(f"{url!r} is an in-memory SQLite database: give it a file")
+    query = {key: value for key, value in parsed.query.items() if key != "uri"}
+    if str(parsed.query.get("uri", "")).lower() in ("1", "true"):
+        return (f"{name}?{urlencode(query, doseq=True)}" if query else name), True
+    return name, False
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:

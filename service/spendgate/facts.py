@@ -13,6 +13,7 @@ say otherwise. When an entity it names does not exist yet, it is created and the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -84,6 +85,10 @@ class RequestFacts:
     end_user: EntityFacts | None = None
     tags: tuple[EntityFacts, ...] = ()
     identity_source: IdentitySource = "api_key"
+    #: What the decision path derives from these facts alone (candidate ledgers of the current
+    #: periods, the input's entity part), kept while the facts are cached: derived once per
+    #: facts instead of per request. Not part of the facts' value (equality, repr).
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def entities(self) -> list[EntityFacts]:
         """Every entity the request could be charged to, key first."""
@@ -113,6 +118,9 @@ class FactsCache:
     clock: Callable[[], float] = time.monotonic
     #: Oldest first: every entry lives `ttl_seconds`, so the expired ones are always at the front.
     _entries: OrderedDict[tuple[Any, ...], tuple[float, RequestFacts]] = field(default_factory=OrderedDict)
+    #: Reads in flight per request shape: when an entry expires under load, the requests that
+    #: find it missing share one read instead of each reading the database.
+    _loading: dict[tuple[Any, ...], asyncio.Future[RequestFacts]] = field(default_factory=dict)
     _default_end_user: tuple[BudgetWindow, ...] = ()
     _default_budgets: DefaultBudgets = field(default_factory=dict)
 
@@ -151,10 +159,33 @@ class FactsCache:
         hit = self._entries.get(cache_key)
         if hit is not None and now - hit[0] < self.ttl_seconds:
             return hit[1]
-        if principal is not None:
-            facts = await self._query_principal(principal, *named)
+        loading = self._loading.get(cache_key)
+        if loading is not None:  # the same shape is being read already: share that read
+            try:
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                if not loading.cancelled():
+                    raise  # this request was cancelled
+                # the reading request was cancelled (its client left): read here instead
+        loading = asyncio.get_running_loop().create_future()
+        self._loading[cache_key] = loading
+        try:
+            if principal is not None:
+                facts = await self._query_principal(principal, *named)
+            else:
+                facts = await self._query(*cache_key)
+        except asyncio.CancelledError:
+            loading.cancel()
+            raise
+        except BaseException as exc:
+            loading.set_exception(exc)
+            loading.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
         else:
-            facts = await self._query(*cache_key)
+            loading.set_result(facts)
+        finally:
+            if self._loading.get(cache_key) is loading:
+                del self._loading[cache_key]
         self._entries.pop(cache_key, None)  # re-inserted at the back: it is the newest now
         self._entries[cache_key] = (now, facts)
         self._drop_expired(now)

@@ -9,7 +9,7 @@ the same ledger for the same charge. Pure values, no I/O: the store that writes 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -38,10 +38,13 @@ class LedgerRef:
     window: str | None
     period_start: datetime
     period_end: datetime | None
+    #: `<type>:<entity id>:<window or ->:<period start, epoch seconds>` — derived, computed once
+    #: (it is looked up many times per decision).
+    id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def id(self) -> str:
-        return f"{self.entity_type}:{self.entity_id}:{self.window or '-'}:{int(self.period_start.timestamp())}"
+    def __post_init__(self) -> None:
+        ledger_id = f"{self.entity_type}:{self.entity_id}:{self.window or '-'}:{int(self.period_start.timestamp())}"
+        object.__setattr__(self, "id", ledger_id)
 
     def to_json(self) -> dict[str, Any]:
         return {

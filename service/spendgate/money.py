@@ -8,6 +8,7 @@ places — the ledger's unit. Output always has at least six decimal places ("0.
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
@@ -53,12 +54,11 @@ def to_nanos(value: Any) -> int:
     return int(amount.scaleb(9))
 
 
+@lru_cache(maxsize=4096)  # the same figures are formatted over and over on the decision path
 def format_nanos(nanos: int) -> str:
     """nano-USD → decimal string with at least six decimals: 150_000 → "0.000150"."""
-    text = f"{Decimal(nanos) * _NANO:.9f}"
-    whole, frac = text.split(".")
-    frac = frac.rstrip("0").ljust(6, "0")
-    return f"{whole}.{frac}"
+    whole, frac = divmod(-nanos if nanos < 0 else nanos, 1_000_000_000)  # integers only: exact, and cheap
+    return f"{'-' if nanos < 0 else ''}{whole}.{f'{frac:09d}'.rstrip('0').ljust(6, '0')}"
 
 
 #: An amount field: accepts number or decimal string, holds nano-USD, serialises as a decimal string.

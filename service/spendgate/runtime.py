@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .shedding import InFlightLimit
 from .decision_store import BackgroundWriter
-from .counters import Counters, RedisCounters, SqlCounters
+from .counters import Counters, ReplicaMemory, counters_for
 from .db import SessionFactory, create_engine, database_errors, session_factory
 from .errors import Unavailable
 from .facts import FactsCache
@@ -127,6 +127,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     policy = _policy_engine(settings, policies)
     engine = create_engine(settings)
     redis_client: aioredis.Redis | None = None
+    adapter: Counters | None = None
     try:
         await policy.start()  # OPA: push the policies now, so one OPA refuses stops start-up too
         if migrate:
@@ -137,7 +138,6 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             sessions, batch_max=settings.record_batch_max, batch_concurrency=settings.record_batch_concurrency
         )
         metrics = Metrics()
-        counters: Counters
         if settings.redis_url:
             async with _reaching_redis(settings.redis_url):
                 redis_client = aioredis.from_url(
@@ -147,20 +147,28 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
                     # fresh connection is safe: every script is idempotent per request id / version.
                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 )
-                counters = RedisCounters(redis_client, ledgers.snapshots, on_rebuild=metrics.counter_rebuilds.inc)
+        # The adapter is chosen by URL scheme in one place (counters/choice.py).
+        counters = adapter = counters_for(
+            settings, sessions=sessions, redis=redis_client, snapshots=ledgers.snapshots,
+            on_rebuild=metrics.counter_rebuilds.inc,
+        )
+        if settings.redis_url:
+            async with _reaching_redis(settings.redis_url):
                 await counters.ping()  # a Redis that cannot be reached stops start-up, as the database does
-        else:
-            counters = SqlCounters(sessions, one_writer=not settings.is_postgres)
+        # What this replica saw of the counters: recent decisions and figures (counters/replica_memory.py).
+        counters = ReplicaMemory(counters, keep_seconds=settings.reservation_ttl)
         facts = FactsCache(sessions, ttl_seconds=settings.facts_cache_seconds, settings=settings)
         log.info(
             "spendgate ready: database=%s counters=%s policy=%s revision=%s",
             "postgresql" if settings.is_postgres else "sqlite",
-            "redis" if redis_client is not None else "sql",
+            type(adapter).__name__,
             "opa" if settings.opa_url else "embedded",
             policy.revision,
         )
         yield Runtime(settings, engine, sessions, ledgers, counters, policy, facts, redis_client, metrics=metrics)
     finally:
+        if adapter is not None and redis_client is None:
+            await adapter.close()  # SQLite: its connection and thread (Redis: the client, closed below)
         await policy.close()
         if redis_client is not None:
             await redis_client.aclose()

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     reservation_ttl: int = Field(default=600, description="seconds")
     #: How long an admin change may take to reach every replica (facts cache lifetime).
     facts_cache_seconds: float = 0.5
+    #: How old the spent/reserved figures an authorize decides on may be when this replica saw them
+    #: (counters/replica_memory.py): admission is still exact; 0 reads current figures every time.
+    figures_max_age_seconds: float = 0.5
     #: How often each replica looks for expired reservations.
     expiry_interval_seconds: float = 1.0
     #: Seconds to wait for the OPA server before answering 503 `unavailable`.
@@ -208,6 +211,13 @@ class Settings(BaseSettings):
     def _cache_within_contract(cls, value: float) -> float:
         if not 0 <= value <= 1:
             raise ValueError("SPENDGATE_FACTS_CACHE_SECONDS must be between 0 and 1 (docs/api.md: admin changes apply within 1 s)")
+        return value
+
+    @field_validator("figures_max_age_seconds")
+    @classmethod
+    def _figures_within_contract(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError("SPENDGATE_FIGURES_MAX_AGE_SECONDS must be between 0 and 1 (docs/api.md: figures shown are at most 1 s old)")
         return value
 
     @field_validator("policy_dir")

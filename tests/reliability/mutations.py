@@ -82,10 +82,15 @@ MUTATIONS = [
         (KILL,),
         (
             ("decisions/record.py",
-             "        recorded = await ledger_store.record(event=event, ledgers=attribution.ledgers)\n",
+             "        recorded = await ledger_store.record(\n"
+             "            event=event, ledgers=attribution.ledgers,"
+             " limits={i: pair[0] for i, pair in attribution.budgets.items()}\n"
+             "        )\n",
              "        async def _write_behind(event=event, ledgers=attribution.ledgers):  # MUTATION\n"
              "            await __import__('asyncio').sleep(0.5)\n"
-             "            done = await ledger_store.record(event=event, ledgers=ledgers)\n"
+             "            done = await ledger_store.record(\n"
+             "                event=event, ledgers=ledgers,"
+             " limits={i: pair[0] for i, pair in attribution.budgets.items()})\n"
              "            await _settle(counters, request.request_id, done.snapshots)\n"
              "        _PENDING.add(__import__('asyncio').ensure_future(_write_behind()))\n"
              "        return _body(RecordedSpend(event, False, ()))\n"),
@@ -141,9 +146,9 @@ MUTATIONS = [
         (DOWN,),
         (
             ("decisions/authorize.py",
-             "            prior, figures = await counters.prior_and_read(request.request_id, refs)\n",
+             "            prior, figures = await counters.prior_and_read(request.request_id, refs, max_age=figures_max_age)\n",
              "            try:  # MUTATION: fail open\n"
-             "                prior, figures = await counters.prior_and_read(request.request_id, refs)\n"
+             "                prior, figures = await counters.prior_and_read(request.request_id, refs, max_age=figures_max_age)\n"
              "            except __import__('spendgate.errors').errors.Unavailable:\n"
              "                return Authorized({'request_id': request.request_id, 'decision': 'allow', 'reasons': [],\n"
              "                                   'charges': [], 'alerts': [], 'reservation': None}, replayed=False)\n"),

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from .. import __version__
 from ..alerts.tasks import start_alerting
@@ -29,6 +30,7 @@ from . import (
     routes_reports,
 )
 from .body_limit import BodyLimit
+from .decision_lane import DecisionLane
 from .errors import install_error_handlers
 
 __all__ = ["create_app"]
@@ -49,6 +51,14 @@ async def _expire_reservations(runtime: Runtime) -> None:
             log.warning("reservation expiry skipped: %s", exc.message)
         except Exception:  # noqa: BLE001 — the sweeper must outlive any one failure
             log.exception("reservation expiry failed")
+
+
+class _SpendgateApp(FastAPI):
+    """The app with the decision lane (decision_lane.py) in front of every middleware: a well-formed
+    decision is answered without passing through the framework's stack at all."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return DecisionLane(super().build_middleware_stack(), owner=self)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -79,7 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    app = FastAPI(title="Spendgate", version=__version__, lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks are off: Spendgate's metrics are Prometheus (/metrics), and
+    # the hooks' per-request check showed in the decision path's profile.
+    app = _SpendgateApp(
+        title="Spendgate", version=__version__, lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(routes_health.router)

@@ -5,25 +5,28 @@ from __future__ import annotations
 import secrets
 
 from fastapi import Request
+from pydantic import SecretStr
 
 from ..errors import Unauthorized
 
-__all__ = ["require_admin", "require_gateway"]
+__all__ = ["require_admin", "require_gateway", "token_matches"]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def token_matches(authorization: str | bytes | None, expected: SecretStr | None) -> bool:
+    """Whether an Authorization header value is `Bearer <expected>` (compared in constant time)."""
+    if expected is None or not authorization:
+        return False
+    header = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    token = token.strip()
+    return scheme.lower() == "bearer" and bool(token) and secrets.compare_digest(
+        token.encode(), expected.get_secret_value().encode()
+    )
 
 
 def _check(request: Request, *, route_kind: str) -> None:
-    settings = request.app.state.runtime.settings
-    expected = getattr(settings, f"{route_kind}_token")
-    given = _bearer(request)
-    if expected is None or given is None or not secrets.compare_digest(
-        given.encode(), expected.get_secret_value().encode()
-    ):
+    expected = getattr(request.app.state.runtime.settings, f"{route_kind}_token")
+    if not token_matches(request.headers.get("authorization"), expected):
         raise Unauthorized(route_kind=route_kind)
 
 

@@ -1,11 +1,14 @@
-"""POST /v1/authorize and POST /v1/record — thin wrappers over `spendgate.decisions` (measured and logged)."""
+"""POST /v1/authorize and POST /v1/record — thin wrappers over `spendgate.decisions` (measured and logged).
+
+A well-formed request is answered by the fast lane (decision_lane.py) before it reaches these
+routes; they answer everything else (and are what the OpenAPI schema describes): a wrong token,
+a body that does not validate, another content type.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Response
 
 from ..decisions import AuthorizeRequest, RecordRequest
@@ -13,6 +16,7 @@ from ..decisions.observed import observed_authorize, observed_record
 from ..decisions.responses import AuthorizeResponse, RecordResponse
 from .auth import require_gateway
 from .deps import RuntimeDep
+from .decision_lane import encode_answer
 from .json_body import JsonRoute
 from .responses import error_responses
 
@@ -28,13 +32,7 @@ router = APIRouter(
 
 
 def _json(body: dict[str, Any]) -> Response:
-    """The body is plain JSON already (strings, numbers, lists): encode it once with orjson (a C
-    core), skipping FastAPI's `jsonable_encoder` walk of every nested value on the hot path."""
-    try:
-        content = orjson.dumps(body)
-    except TypeError:  # an integer past 64 bits (money is text; a policy's reason detail might not be)
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(content, media_type="application/json")
+    return Response(encode_answer(body), media_type="application/json")
 
 
 # The answers are published with `responses=` (OpenAPI only): a `response_model` would

@@ -11,7 +11,8 @@ and can never count a cost twice. `reserved` exists only here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -21,6 +22,7 @@ __all__ = [
     "DECISION_KEEP_SECONDS",
     "Counters",
     "Figures",
+    "SeenFigures",
     "Hold",
     "CommitOutcome",
     "StoredDecision",
@@ -37,6 +39,10 @@ SnapshotLoader = Callable[[Sequence[str]], Awaitable[dict[str, LedgerSnapshot]]]
 class Figures(NamedTuple):
     spent: int
     reserved: int
+
+
+class SeenFigures(dict[str, Figures]):
+    """Figures answered from what the replica saw earlier (`max_age` > 0), not read just now."""
 
 
 class Hold(NamedTuple):
@@ -56,17 +62,25 @@ class StoredDecision(NamedTuple):
     amount: int
 
 
-class CommitOutcome(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
     status: Literal["committed", "duplicate", "no_room"]
     #: For "duplicate": the decision stored first. For "committed": the one just stored.
     stored: StoredDecision | None
     #: For "no_room": the ids of the ledgers without room.
     full: tuple[str, ...] = ()
+    #: What the commit saw of the held ledgers, atomically: after the reservation ("committed"),
+    #: as they stand ("no_room"). Empty when the adapter does not report them (not compared:
+    #: what an outcome says is its status and decision).
+    figures: Mapping[str, Figures] = field(default_factory=dict, compare=False)
 
 
 class Counters(Protocol):
-    async def read(self, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
-        """Figures of every given ledger, keyed by ledger id (a ledger never charged reads 0/0)."""
+    async def read(self, ledgers: Sequence[LedgerRef], *, max_age: float = 0.0) -> dict[str, Figures]:
+        """Figures of every given ledger, keyed by ledger id (a ledger never charged reads 0/0).
+
+        `max_age` > 0 allows figures seen up to that many seconds ago (counters/replica_memory.py);
+        an adapter reading its store always answers with current ones."""
         ...
 
     async def prior_decision(self, request_id: str) -> StoredDecision | None:
@@ -74,10 +88,12 @@ class Counters(Protocol):
         ...
 
     async def prior_and_read(
-        self, request_id: str, ledgers: Sequence[LedgerRef]
+        self, request_id: str, ledgers: Sequence[LedgerRef], *, max_age: float = 0.0
     ) -> tuple[StoredDecision | None, dict[str, Figures]]:
         """`prior_decision` and `read` together (one round trip where the store allows); with
-        a prior decision the figures may be empty — the caller returns that decision."""
+        a prior decision the figures may be empty — the caller returns that decision. With
+        `max_age` > 0 the prior decision may be left to `commit_decision` to find (it returns a
+        stored decision as "duplicate") when the figures are answered without a round trip."""
         ...
 
     async def commit_decision(
@@ -97,9 +113,10 @@ class Counters(Protocol):
         """
         ...
 
-    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> None:
+    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:
         """After a record committed: release the request's reservation (if still held) and
-        bring each ledger's `spent` up to the committed snapshot. Idempotent."""
+        bring each ledger's `spent` up to the committed snapshot. Idempotent. Returns the
+        snapshot ledgers' figures after it, where the adapter reports them (else empty)."""
         ...
 
     async def expire(self, *, now: datetime, limit: int = 500) -> int:

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import Unavailable
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, SnapshotLoader, StoredDecision
+from .holds import unique_holds
 
 __all__ = ["RedisCounters"]
 
@@ -82,14 +83,9 @@ def _decision_from_json(raw: Any) -> StoredDecision:
     )
 
 
-def _unique_holds(holds: Sequence[Hold]) -> list[Hold]:
-    """One hold per ledger (the tightest limit wins), in ledger-id order."""
-    merged: dict[str, Hold] = {}
-    for hold in holds:
-        seen = merged.get(hold.ledger.id)
-        if seen is None or (hold.limit is not None and (seen.limit is None or hold.limit < seen.limit)):
-            merged[hold.ledger.id] = hold
-    return [merged[key] for key in sorted(merged)]
+def _figures(holds: Sequence[Hold], flat: Sequence[str]) -> dict[str, Figures]:
+    """Figures of the held ledgers from a script's flat reply (spent, reserved per hold, in order)."""
+    return {hold.ledger.id: Figures(int(flat[2 * i]), int(flat[2 * i + 1])) for i, hold in enumerate(holds)}
 
 
 @asynccontextmanager
@@ -143,11 +139,11 @@ class RedisCounters:
 
     # --- the port ---------------------------------------------------------------------
 
-    async def read(self, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
+    async def read(self, ledgers: Sequence[LedgerRef], *, max_age: float = 0.0) -> dict[str, Figures]:
         return (await self._read(None, ledgers))[1]
 
     async def prior_and_read(
-        self, request_id: str, ledgers: Sequence[LedgerRef]
+        self, request_id: str, ledgers: Sequence[LedgerRef], *, max_age: float = 0.0
     ) -> tuple[StoredDecision | None, dict[str, Figures]]:
         return await self._read(request_id, ledgers)
 
@@ -196,7 +192,7 @@ class RedisCounters:
     ) -> CommitOutcome:
         if decision.amount < 0:
             raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
-        unique = _unique_holds(holds)
+        unique = unique_holds(holds)
         keys = [self._decision_key(decision.request_id), self._hold_key(decision.request_id), self._expiry_key]
         keys += [self._ledger_key(hold.ledger.id) for hold in unique]
         args: list[str] = [
@@ -213,16 +209,19 @@ class RedisCounters:
             async with _redis_errors():
                 reply = [_text(item) for item in await self._commit(keys=keys, args=args)]
             status, rest = reply[0], reply[1:]
-            if status == "committed":
-                return CommitOutcome("committed", decision)
+            if status == "committed":  # the figures each held ledger had before its reservation
+                seen = _figures(unique, rest)
+                after = {key: Figures(f.spent, f.reserved + decision.amount) for key, f in seen.items()}
+                return CommitOutcome("committed", decision, figures=after)
             if status == "duplicate":
                 return CommitOutcome("duplicate", _decision_from_json(rest[0]))
-            if status == "no_room":
-                return CommitOutcome("no_room", None, tuple(rest))
+            if status == "no_room":  # the ids without room, then every held ledger's figures
+                count = int(rest[0])
+                return CommitOutcome("no_room", None, tuple(rest[1:1 + count]), _figures(unique, rest[1 + count:]))
             await self._rebuild([refs[ledger_id] for ledger_id in rest])
         raise Unavailable("redis", "ledger counters disappear as soon as they are rebuilt; check maxmemory-policy")
 
-    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> None:
+    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:
         newest: dict[str, LedgerSnapshot] = {}
         for snap in snapshots:
             if snap.ledger_id not in newest or snap.version > newest[snap.ledger_id].version:
@@ -232,7 +231,8 @@ class RedisCounters:
         for snap in newest.values():
             args += [str(snap.spent), str(snap.version)]
         async with _redis_errors():
-            await self._settle(keys=keys, args=args)
+            flat = [_text(item) for item in await self._settle(keys=keys, args=args)]
+        return {ledger_id: Figures(int(flat[2 * i]), int(flat[2 * i + 1])) for i, ledger_id in enumerate(newest)}
 
     async def expire(self, *, now: datetime, limit: int = 500) -> int:
         async with _redis_errors():

@@ -1,6 +1,7 @@
 """SQL counters adapter: reservations on the ledger table itself (SQLite or PostgreSQL).
 
-For the embedded single-machine default and for deployments without Redis. `spent` is the
+For PostgreSQL deployments without Redis (the embedded SQLite default runs `SqliteCounters`
+on the same tables: counters/sqlite_counters.py; this adapter still works on SQLite). `spent` is the
 ledger store's own column, so there is no cache to rebuild and settling needs no snapshot:
 `reserved` sits next to it and the `reservations` table keeps each decision and its hold.
 
@@ -36,21 +37,12 @@ from ..errors import Unavailable
 from ..ledgers import LedgerRef, LedgerSnapshot
 from ..tables import Ledger, Reservation, utcnow
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, StoredDecision
+from .holds import decision_json, stored_decision, unique_holds
 
 __all__ = ["SqlCounters"]
 
 _ledgers: Table = Ledger.__table__  # type: ignore[attr-defined]
 _reservations: Table = Reservation.__table__  # type: ignore[attr-defined]
-
-
-def _unique_holds(holds: Sequence[Hold]) -> list[Hold]:
-    """One hold per ledger (the tightest limit wins), in ledger-id order: the lock order."""
-    merged: dict[str, Hold] = {}
-    for hold in holds:
-        seen = merged.get(hold.ledger.id)
-        if seen is None or (hold.limit is not None and (seen.limit is None or hold.limit < seen.limit)):
-            merged[hold.ledger.id] = hold
-    return [merged[key] for key in sorted(merged)]
 
 
 def _insert(session: Any, table: Table) -> Any:
@@ -62,15 +54,6 @@ def _room(limit: int, amount: int) -> ColumnElement[bool]:
     """The admission rule on a ledger row: spent + reserved + amount <= limit (amount 0: < limit)."""
     held = _ledgers.c.spent + _ledgers.c.reserved
     return held + amount <= limit if amount > 0 else held < limit
-
-
-def _stored(request_id: str, amount: int, decision: dict[str, Any]) -> StoredDecision:
-    return StoredDecision(
-        request_id=request_id,
-        body=decision["body"],
-        ledgers=tuple(LedgerRef.from_json(item) for item in decision["ledgers"]),
-        amount=int(amount),
-    )
 
 
 def _unreserve(ledger_id: str, amount: int) -> Any:
@@ -92,7 +75,7 @@ class SqlCounters:
     def _writing(self) -> AbstractAsyncContextManager[Any]:
         return self._writer if self._writer is not None else nullcontext()
 
-    async def read(self, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
+    async def read(self, ledgers: Sequence[LedgerRef], *, max_age: float = 0.0) -> dict[str, Figures]:
         async with wrap_database_errors(), self._sessions() as session:
             return await self._figures(session, ledgers)
 
@@ -101,7 +84,7 @@ class SqlCounters:
             return await self._prior(session, request_id)
 
     async def prior_and_read(
-        self, request_id: str, ledgers: Sequence[LedgerRef]
+        self, request_id: str, ledgers: Sequence[LedgerRef], *, max_age: float = 0.0
     ) -> tuple[StoredDecision | None, dict[str, Figures]]:
         async with wrap_database_errors(), self._sessions() as session:  # one connection for both reads
             prior = await self._prior(session, request_id)
@@ -127,7 +110,7 @@ class SqlCounters:
                 select(_reservations.c.amount, _reservations.c.decision).where(_reservations.c.request_id == request_id),
             )
         ).first()
-        return None if row is None else _stored(request_id, row[0], row[1])
+        return None if row is None else stored_decision(request_id, row[0], row[1])
 
     async def commit_decision(
         self,
@@ -139,7 +122,7 @@ class SqlCounters:
     ) -> CommitOutcome:
         if decision.amount < 0:
             raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
-        unique = _unique_holds(holds)
+        unique = unique_holds(holds)
         amount = decision.amount
         async with self._writing(), wrap_database_errors(), self._sessions() as session:
             transaction = await session.begin()
@@ -150,7 +133,7 @@ class SqlCounters:
                         request_id=decision.request_id,
                         amount=amount,
                         charges=[hold.ledger.id for hold in unique],
-                        decision={"body": decision.body, "ledgers": [ref.to_json() for ref in decision.ledgers]},
+                        decision=decision_json(decision),
                         expires_at=now + timedelta(seconds=ttl_seconds),
                         released=not unique,
                         created_at=utcnow(),
@@ -175,7 +158,7 @@ class SqlCounters:
                 raise
         return CommitOutcome("committed", decision)
 
-    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> None:
+    async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:
         # `spent` was written by the ledger store into these very rows: only the hold is left.
         async with self._writing(), wrap_database_errors(), self._sessions() as session, session.begin():
             row = (
@@ -189,6 +172,7 @@ class SqlCounters:
             if row is not None:
                 for ledger_id in sorted(set(row[1])):
                     await session.exec(_unreserve(ledger_id, int(row[0])))
+        return {}  # figures are read from the rows themselves when needed
 
     async def expire(self, *, now: datetime, limit: int = 500) -> int:
         async with self._writing(), wrap_database_errors(), self._sessions() as session, session.begin():

@@ -1,8 +1,12 @@
 """authorize: gather facts, ask the policy, reserve on exactly the ledgers it charges.
 
 The policy decides; the counters' atomic reservation only guarantees that the figures the
-policy saw have not been overtaken by a concurrent request. When they have, the figures are
-read again and the policy asked again — so every refusal carries the policy's own reason.
+policy saw have not been overtaken by a concurrent request. When they have, the policy is asked
+again on the figures the reservation found — so every refusal carries the policy's own reason.
+
+The first attempt may decide on figures this replica saw up to `figures_max_age` seconds ago
+(counters/replica_memory.py): the common path is then one counters round trip, the commit. A refusal
+is never given on such figures: it is decided again on current ones first.
 """
 
 from __future__ import annotations
@@ -11,32 +15,32 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from ..counters import Counters, Figures, Hold, StoredDecision
+from ..counters import Counters, Figures, Hold, SeenFigures, StoredDecision
+from ..counters.holds import has_room as room_under
 from ..errors import Unavailable
-from ..facts import FactsCache
+from ..facts import FactsCache, RequestFacts
 from ..money import format_nanos
 from ..policy import PolicyDecision, PolicyEngine
 from ..pricing.quote import decision_pricing_input, price_usage
 from .candidates import Candidate, candidate_ledgers, charged_candidates
 from .models import AuthorizeRequest
-from .policy_input import build_input, iso
+from .policy_input import build_input, iso, ledger_static
 
 __all__ = ["Authorized", "authorize", "charge_view", "has_room"]
 
 #: Re-evaluations after losing a race for the last room on a ledger; each one sees newer figures.
 _MAX_ATTEMPTS = 8
+_ZERO = Figures(0, 0)
 
 
 def has_room(*, figures: Figures, limit: int | None, amount: int) -> bool:
     """The reservation guard the counters apply atomically (API.md's admission inequality)."""
-    if limit is None:
-        return True
-    used = figures.spent + figures.reserved
-    return used + amount <= limit if amount > 0 else used < limit
+    return limit is None or room_under(spent=figures.spent, reserved=figures.reserved, limit=limit, amount=amount)
 
 
-def charge_view(candidate: Candidate, figures: Figures) -> dict[str, Any]:
-    """One entry of `charges` in the authorize response: figures before this request's reservation."""
+def charge_view(candidate: Candidate, figures: Figures, static: dict[str, Any]) -> dict[str, Any]:
+    """One entry of `charges` in the authorize response: figures before this request's reservation.
+    `static` is the candidate's policy-input entry (policy_input.ledger_static): its text forms."""
     ref = candidate.ref
     remaining = None
     if candidate.limit is not None:
@@ -46,11 +50,11 @@ def charge_view(candidate: Candidate, figures: Figures) -> dict[str, Any]:
         "window": ref.window,
         "spent": format_nanos(figures.spent),
         "reserved": format_nanos(figures.reserved),
-        "limit": format_nanos(candidate.limit) if candidate.limit is not None else None,
-        "soft_budget": format_nanos(candidate.soft_budget) if candidate.soft_budget is not None else None,
+        "limit": static["display"]["limit"],
+        "soft_budget": static["display"]["soft_budget"],
         "remaining": remaining,
-        "period_start": iso(ref.period_start),
-        "resets_at": iso(ref.period_end),
+        "period_start": static["period_start"],
+        "resets_at": static["resets_at"],
     }
 
 
@@ -62,18 +66,20 @@ class Authorized(NamedTuple):
 
 
 def _body(
-    request: AuthorizeRequest, decision: PolicyDecision, charged: list[Candidate], figures: dict[str, Figures],
-    expires_at: str | None, key_id: str | None, amount: int,
+    request: AuthorizeRequest, decision: PolicyDecision, facts: RequestFacts, charged: list[Candidate],
+    figures: dict[str, Figures], expires_at: str | None, amount: int,
 ) -> dict[str, Any]:
     return {
         "request_id": request.request_id,
         "decision": "allow" if decision.allow else "deny",
         "reasons": list(decision.reasons),
-        "charges": [charge_view(c, figures.get(c.ref.id, Figures(0, 0))) for c in charged],
+        "charges": [
+            charge_view(c, figures.get(c.ref.id, _ZERO), ledger_static(facts, c)) for c in charged
+        ],
         "alerts": list(decision.alerts),
         "reservation": {"amount": format_nanos(amount), "expires_at": expires_at} if decision.allow else None,
         "policy_revision": decision.revision,
-        "key_id": key_id,
+        "key_id": facts.key.id if facts.key else None,
         "model": request.model,
     }
 
@@ -86,6 +92,7 @@ async def authorize(
     policy: PolicyEngine,
     ttl_seconds: int,
     clock: Callable[[], datetime],
+    figures_max_age: float = 0.0,
 ) -> Authorized:
     """The authorize response body (API.md). Idempotent per request id."""
     try:
@@ -104,15 +111,18 @@ async def authorize(
     # the decision: the decision document (and the admission rules reading `estimated_cost`) stay as
     # they are, requests that send a cost keep one query, and record asks the very same question.
     estimate = request.estimated_cost
+    known: dict[str, Figures] | None = None  # figures a commit found, to decide on again
     for attempt in range(_MAX_ATTEMPTS):
         now = clock()
         candidates = candidate_ledgers(facts, now)
         refs = [c.ref for c in candidates]
         if attempt == 0:
-            # Idempotency and the figures in one round trip: a retry returns the first decision.
-            prior, figures = await counters.prior_and_read(request.request_id, refs)
+            # Idempotency and the figures in one round trip (or none): a retry returns the first decision.
+            prior, figures = await counters.prior_and_read(request.request_id, refs, max_age=figures_max_age)
             if prior is not None:
                 return Authorized(prior.body, replayed=True)
+        elif known is not None and all(ref.id in known for ref in refs):
+            figures = known
         else:
             figures = await counters.read(refs)
         input_doc = build_input(
@@ -129,23 +139,27 @@ async def authorize(
             input_doc["request"]["estimated_cost"] = estimate or None
         amount = estimate or 0
         decision = await policy.decide(input_doc)
+        if not decision.allow and isinstance(figures, SeenFigures):
+            known = None  # decided on remembered figures: refuse only on current ones
+            continue
         charged = charged_candidates(decision, candidates)
         expires_at = iso(now + timedelta(seconds=ttl_seconds))
         stored = StoredDecision(
             request.request_id,
-            _body(request, decision, charged, figures, expires_at, facts.key.id if facts.key else None, amount),
+            _body(request, decision, facts, charged, figures, expires_at, amount),
             tuple(c.ref for c in charged),
             amount if decision.allow else 0,
         )
         # A policy may admit past a limit on purpose (e.g. a zero-estimate knob): such a
         # ledger is held without a limit, since the policy has already decided about it.
         holds = [
-            Hold(c.ref, c.limit if has_room(figures=figures.get(c.ref.id, Figures(0, 0)), limit=c.limit, amount=amount) else None)
+            Hold(c.ref, c.limit if has_room(figures=figures.get(c.ref.id, _ZERO), limit=c.limit, amount=amount) else None)
             for c in charged
         ] if decision.allow else []
         outcome = await counters.commit_decision(decision=stored, holds=holds, ttl_seconds=ttl_seconds, now=now)
         if outcome.status in ("committed", "duplicate") and outcome.stored is not None:
             return Authorized(outcome.stored.body, replayed=outcome.status == "duplicate")
+        known = dict(outcome.figures) or None  # no room: decide again on the figures the commit found
     # Lost every race for the last room: contention, not a broken policy — a retry may well succeed.
     raise Unavailable(
         "room on these budgets", f"request {request.request_id!r}: the ledgers it touches kept changing under it"

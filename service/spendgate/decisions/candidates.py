@@ -36,13 +36,29 @@ def _for_entity(entity: EntityFacts, at: datetime) -> list[Candidate]:
     ]
 
 
-def candidate_ledgers(facts: RequestFacts, at: datetime) -> list[Candidate]:
-    """All candidates, in a stable order (entity order of `RequestFacts.entities`, then window)."""
+def _compute(facts: RequestFacts, at: datetime) -> list[Candidate]:
     seen: dict[str, Candidate] = {}
     for entity in facts.entities():
         for candidate in _for_entity(entity, at):
             seen.setdefault(candidate.ref.id, candidate)
     return list(seen.values())
+
+
+def candidate_ledgers(facts: RequestFacts, at: datetime) -> list[Candidate]:
+    """All candidates, in a stable order (entity order of `RequestFacts.entities`, then window).
+
+    Periods are computed once per cached facts and reused while `at` lies inside every
+    candidate's period (their latest start, their earliest end): the same ledgers, exactly."""
+    found = facts.derived.get("candidates")
+    if found is not None:
+        start, end, candidates = found
+        if start <= at and (end is None or at < end):
+            return list(candidates)
+    candidates = _compute(facts, at)
+    ends = [c.ref.period_end for c in candidates if c.ref.period_end is not None]
+    start = max((c.ref.period_start for c in candidates if c.ref.period_end is not None), default=at)
+    facts.derived["candidates"] = (min(start, at), min(ends) if ends else None, tuple(candidates))
+    return candidates
 
 
 def charged_candidates(decision: PolicyDecision, candidates: Sequence[Candidate]) -> list[Candidate]:

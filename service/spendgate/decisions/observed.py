@@ -93,6 +93,7 @@ async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> 
             policy=cast(PolicyEngine, _Timed(runtime.policy, "policy", timings)),
             ttl_seconds=runtime.settings.reservation_ttl,
             clock=runtime.clock,
+            figures_max_age=runtime.settings.figures_max_age_seconds,
         )
     except SpendgateError as exc:
         metrics.decision_errors.labels("authorize", exc.code).inc()

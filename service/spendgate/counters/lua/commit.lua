@@ -3,7 +3,9 @@
 -- KEYS[1] decision, KEYS[2] hold, KEYS[3] expiry zset, KEYS[4..] held ledger hashes.
 -- ARGV[1] decision JSON, ARGV[2] decision ttl seconds, ARGV[3] amount, ARGV[4] hold expiry ms,
 -- ARGV[5] request id, then per ledger (3 each): ledger id, limit ('' = none), ttl ('' = none).
--- Returns {'duplicate', stored JSON} | {'missing', ids...} | {'no_room', ids...} | {'committed'}.
+-- Returns {'duplicate', stored JSON} | {'missing', ids...} | {'committed', figures...} |
+-- {'no_room', count, ids without room..., figures...}, where figures are spent and reserved of every
+-- held ledger, in KEYS order, before this request's reservation.
 local stored = redis.call('GET', KEYS[1])
 if stored then
   return {'duplicate', stored}
@@ -25,18 +27,27 @@ if #missing > 0 then
   return {'missing', unpack(missing)}
 end
 
-local full, epochs = {}, {}
+local full, epochs, figures = {}, {}, {}
 for i = 1, count do
   local base = 5 + (i - 1) * 3
   local current = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved', 'epoch')
   epochs[i] = current[3] or ''
+  figures[#figures + 1] = current[1] or '0'
+  figures[#figures + 1] = current[2] or '0'
   local limit = ARGV[base + 2]
   if limit ~= '' and not has_room(current[1] or '0', current[2] or '0', amount, limit) then
     full[#full + 1] = ARGV[base + 1]
   end
 end
 if #full > 0 then
-  return {'no_room', unpack(full)}
+  local reply = {'no_room', tostring(#full)}
+  for _, id in ipairs(full) do
+    reply[#reply + 1] = id
+  end
+  for _, figure in ipairs(figures) do
+    reply[#reply + 1] = figure
+  end
+  return reply
 end
 
 local hold = {'amount', amount}
@@ -57,4 +68,4 @@ end
 redis.call('HSET', KEYS[2], unpack(hold))
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return {'committed'}
+return {'committed', unpack(figures)}

@@ -1,0 +1,44 @@
+"""What the adapters share: which holds a decision takes (all of them), the admission rule on a
+ledger's figures (authorize's too), and a stored decision read back from its row (the SQL-table
+adapters, `SqlCounters` and `SqliteCounters`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..ledgers import LedgerRef
+from .base import Hold, StoredDecision
+
+__all__ = ["unique_holds", "has_room", "stored_decision", "decision_json"]
+
+
+def unique_holds(holds: Sequence[Hold]) -> list[Hold]:
+    """One hold per ledger (the tightest limit wins), in ledger-id order: the lock order."""
+    merged: dict[str, Hold] = {}
+    for hold in holds:
+        seen = merged.get(hold.ledger.id)
+        if seen is None or (hold.limit is not None and (seen.limit is None or hold.limit < seen.limit)):
+            merged[hold.ledger.id] = hold
+    return [merged[key] for key in sorted(merged)]
+
+
+def has_room(*, spent: int, reserved: int, limit: int, amount: int) -> bool:
+    """The admission rule on a ledger: spent + reserved + amount <= limit (amount 0: < limit)."""
+    held = spent + reserved
+    return held + amount <= limit if amount > 0 else held < limit
+
+
+def decision_json(decision: StoredDecision) -> dict[str, Any]:
+    """The `reservations.decision` column's value: the body and the ledgers it charges."""
+    return {"body": decision.body, "ledgers": [ref.to_json() for ref in decision.ledgers]}
+
+
+def stored_decision(request_id: str, amount: int, decision: dict[str, Any]) -> StoredDecision:
+    """A decision as its `reservations` row keeps it (`decision` as `decision_json` made it)."""
+    return StoredDecision(
+        request_id=request_id,
+        body=decision["body"],
+        ledgers=tuple(LedgerRef.from_json(item) for item in decision["ledgers"]),
+        amount=int(amount),
+    )

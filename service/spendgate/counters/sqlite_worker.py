@@ -1,0 +1,206 @@
+"""One SQLite connection owned by one thread, with group commit: a generic batcher of jobs.
+
+A job is a plain function of a `sqlite3.Connection` that runs its statements synchronously. Each
+call is one hop to the thread, and the event loop never waits on SQLite: a busy wait for the
+file's write lock (another process, or the engine's own connection in this one) blocks only that
+thread. Why not SQLAlchemy over aiosqlite: there every statement is compiled and is a hop of its
+own while the one-writer lock is held across all those awaits — 6.7 ms of CPU per authorize and
+~140 authorizes/s at any concurrency (bench/README.md, "Against the floor").
+
+Group commit, in the shape of `record_batch.py`: the jobs that queue while a batch runs go into
+the next batch together; nothing waits on a timer, so at low load a batch is one job and latency
+is one hop. In a batch the reads run first (autocommit: they see committed rows only), then all
+the writes in ONE `BEGIN IMMEDIATE` transaction, each in a savepoint — a write that raises rolls
+back alone and its caller hears the exception; its neighbours commit. A write's answer resolves
+only after the commit: acknowledged still means durable. A transaction that fails as a whole
+(the lock not granted within the busy timeout, an I/O error) fails every write of the batch, and
+SQLite's "unreachable" errors become 503 `Unavailable("database")`.
+
+A caller that goes away (client disconnect) cancels only its own wait: a job already in a batch
+runs with it; one still queued is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, TypeVar
+
+from ..db import SQLITE_PRAGMAS
+from ..errors import Unavailable
+
+__all__ = ["SqliteWorker", "connect_sqlite"]
+
+T = TypeVar("T")
+
+#: SQLite errors that mean "the database cannot be used now", not "this job is wrong".
+_UNREACHABLE: tuple[type[BaseException], ...] = (sqlite3.OperationalError, sqlite3.InterfaceError, OSError)
+
+
+def connect_sqlite(name: str, *, uri: bool = False) -> sqlite3.Connection:
+    """A connection with the engine's pragmas, in autocommit mode: transactions are explicit."""
+    connection = sqlite3.connect(name, uri=uri, isolation_level=None, check_same_thread=True, cached_statements=256)
+    for pragma in SQLITE_PRAGMAS:
+        connection.execute(pragma)
+    return connection
+
+
+class _Job(NamedTuple):
+    run: Callable[[sqlite3.Connection], Any]
+    writes: bool
+    answer: asyncio.Future[Any]
+
+
+#: A job's outcome: (True, its value) or (False, the exception it raised).
+_Outcome = tuple[bool, Any]
+
+
+class SqliteWorker:
+    """Runs jobs on one thread's own connection, the writes of each batch in one transaction."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._connect = connect
+        self._max_batch = max_batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendgate-sqlite")
+        #: Only ever touched on the worker thread.
+        self._db: sqlite3.Connection | None = None
+        self._queue: list[_Job] = []
+        self._busy = False
+        self._closed = False
+        self._idle: asyncio.Future[None] | None = None
+        #: Write transactions committed (a batch of writes is one).
+        self.commits = 0
+
+    async def read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """`run(connection)` outside any transaction (it sees committed rows only)."""
+        result: T = await self._submit(run, writes=False)
+        return result
+
+    async def write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """`run(connection)` in the next write transaction; answered once that has committed."""
+        result: T = await self._submit(run, writes=True)
+        return result
+
+    async def close(self) -> None:
+        """Finish what is queued, then close the connection and end the thread."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        while self._busy:
+            self._idle = loop.create_future()
+            await self._idle
+        await loop.run_in_executor(self._executor, self._close_connection)
+        self._executor.shutdown(wait=False)
+
+    # --- the event loop's side ----------------------------------------------------------
+
+    def _submit(self, run: Callable[[sqlite3.Connection], Any], *, writes: bool) -> asyncio.Future[Any]:
+        if self._closed:
+            raise Unavailable("database", "the SQLite counters are closed")
+        loop = asyncio.get_running_loop()
+        job = _Job(run, writes, loop.create_future())
+        self._queue.append(job)
+        if not self._busy:
+            self._dispatch(loop)
+        return job.answer
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand the next batch to the thread, or go idle. Called with no batch in flight."""
+        batch: list[_Job] = []
+        while not batch and self._queue:  # skipping the jobs whose callers went away
+            batch = [job for job in self._queue[: self._max_batch] if not job.answer.done()]
+            del self._queue[: self._max_batch]
+        if not batch:
+            self._busy = False
+            if self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+            return
+        self._busy = True
+        self._executor.submit(self._run, loop, batch)
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Job], outcomes: list[_Outcome]) -> None:
+        for job, (ok, value) in zip(batch, outcomes, strict=True):
+            if job.answer.done():
+                continue
+            if ok:
+                job.answer.set_result(value)
+            else:
+                job.answer.set_exception(_unavailable(value) if isinstance(value, _UNREACHABLE) else value)
+        self._dispatch(loop)
+
+    # --- the worker thread's side -------------------------------------------------------
+
+    def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+        try:
+            outcomes = self._run_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 — every waiter must hear about it, and the queue go on
+            outcomes = [(False, exc)] * len(batch)
+        try:
+            loop.call_soon_threadsafe(self._finish, loop, batch, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _run_batch(self, batch: list[_Job]) -> list[_Outcome]:
+        if self._db is None:
+            self._db = self._connect()
+        db = self._db
+        outcomes: list[_Outcome] = [(False, None)] * len(batch)
+        writes: list[int] = []
+        for index, job in enumerate(batch):
+            if job.writes:
+                writes.append(index)
+            else:
+                outcomes[index] = _attempt(job.run, db)
+        if writes:
+            for index, outcome in zip(writes, self._transaction(db, [batch[i].run for i in writes]), strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    def _transaction(self, db: sqlite3.Connection, runs: list[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome]:
+        """All the writes in one transaction, a savepoint each; if the transaction fails, every one fails."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            outcomes = [_in_savepoint(run, db) for run in runs]
+            db.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 — reported to every writer of the batch
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection is broken: the next batch finds out
+            return [(False, exc)] * len(runs)
+        self.commits += 1
+        return outcomes
+
+    def _close_connection(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _attempt(run: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> _Outcome:
+    try:
+        return True, run(db)
+    except Exception as exc:  # noqa: BLE001 — reported to that job's caller
+        return False, exc
+
+
+def _in_savepoint(run: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> _Outcome:
+    db.execute("SAVEPOINT job")
+    try:
+        value = run(db)
+    except Exception as exc:  # noqa: BLE001 — this job's writes roll back, its neighbours' stay
+        db.execute("ROLLBACK TO job")  # raises if SQLite already rolled the transaction back: all fail
+        db.execute("RELEASE job")
+        return False, exc
+    db.execute("RELEASE job")
+    return True, value
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    unavailable = Unavailable("database", f"{type(exc).__name__}: {exc}")
+    unavailable.__cause__ = exc
+    return unavailable

@@ -1,0 +1,106 @@
+"""An authorize decided on figures a replica remembered (SPENDGATE_FIGURES_MAX_AGE_SECONDS) keeps
+admission exact: two replicas on one PostgreSQL + Redis, replica A's memory held still (its clock
+stopped) while replica B changes the ledger under it.
+
+- A allow on stale figures that would overshoot the limit is refused by the reservation's atomic
+  re-check, and the refusal shows the current figures.
+- A refusal on stale figures is decided again on current ones (here: it becomes an allow).
+- With the memory fresh, an authorize is one Redis call (the commit); with it off, two.
+
+Redis' commandstats count the commands a script runs too: the commit script itself does one GET
+(its idempotency check) and one HMGET per held ledger; the read before it, when there is one, adds
+a GET of the decision and an HMGET per ledger.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from spendgate.counters import ReplicaMemory
+from support.app import AppFactory, RunningApp
+from support.redis_stats import commands_during
+from support.scenario import authorize, create_key, record
+
+#: Only the requests' own Redis commands are counted (no sweeper, no reconciler).
+_QUIET = {"expiry_interval_seconds": 3600, "reconcile_interval_seconds": 0}
+
+
+def _hold_memory_still(app: RunningApp) -> None:
+    counters = app.runtime.counters
+    assert isinstance(counters, ReplicaMemory)
+    counters.clock = lambda: 1_000.0  # nothing it remembers ever ages
+
+
+def _key_charge(answer: dict[str, Any]) -> dict[str, Any]:
+    (charge,) = [c for c in answer["charges"] if c["entity"]["type"] == "key"]
+    return charge
+
+
+async def _two_replicas(app_factory: AppFactory, clean_pg: str, redis_url: str) -> tuple[RunningApp, RunningApp, str]:
+    first = await app_factory(database_url=clean_pg, redis_url=redis_url, figures_max_age_seconds=1, **_QUIET)
+    second = await app_factory(database_url=clean_pg, redis_url=redis_url, figures_max_age_seconds=1, **_QUIET)
+    secret = await create_key(first.admin, id="k-mem", budget={"max_budget": "1.00"})
+    _hold_memory_still(first)
+    return first, second, secret
+
+
+async def test_an_allow_on_remembered_figures_never_overshoots_the_limit(
+    app_factory: AppFactory, clean_pg: str, redis_url: str
+) -> None:
+    a, b, secret = await _two_replicas(app_factory, clean_pg, redis_url)
+    assert (await authorize(a.gateway, request_id="a1", api_key=secret, estimated_cost="0.10"))["decision"] == "allow"
+    assert (await authorize(b.gateway, request_id="b1", api_key=secret, estimated_cost="0.85"))["decision"] == "allow"
+
+    # A remembers reserved 0.10; the ledger holds 0.95: 0.95 + 0.10 > 1.00.
+    refused = await authorize(a.gateway, request_id="a2", api_key=secret, estimated_cost="0.10")
+    assert refused["decision"] == "deny"
+    assert [r["code"] for r in refused["reasons"]] == ["budget_exceeded"]
+    assert _key_charge(refused)["reserved"] == "0.950000"  # current figures, not the remembered ones
+
+    # What the refused commit found is now remembered: a request that fits is admitted on it.
+    fits = await authorize(a.gateway, request_id="a3", api_key=secret, estimated_cost="0.05")
+    assert fits["decision"] == "allow" and _key_charge(fits)["reserved"] == "0.950000"
+    ledger = (await a.admin.get("/v1/admin/keys/k-mem")).json()["ledgers"][0]
+    assert Decimal(ledger["spent"]) + Decimal(ledger["reserved"]) == Decimal("1.00")  # exactly full, never past
+
+
+async def test_a_refusal_on_remembered_figures_is_decided_again_on_current_ones(
+    app_factory: AppFactory, clean_pg: str, redis_url: str
+) -> None:
+    a, b, secret = await _two_replicas(app_factory, clean_pg, redis_url)
+    assert (await authorize(b.gateway, request_id="b1", api_key=secret, estimated_cost="0.90"))["decision"] == "allow"
+    assert (await authorize(a.gateway, request_id="a1", api_key=secret, estimated_cost="0.05"))["decision"] == "allow"
+    # B's request finishes at no cost: its 0.90 is released. A still remembers reserved 0.95.
+    await record(b.gateway, request_id="b1", cost="0", outcome="failure")
+
+    admitted = await authorize(a.gateway, request_id="a2", api_key=secret, estimated_cost="0.50")
+    assert admitted["decision"] == "allow"
+    assert _key_charge(admitted)["reserved"] == "0.050000"
+
+
+async def test_an_authorize_on_remembered_figures_is_one_redis_call(
+    app_factory: AppFactory, clean_pg: str, redis_url: str
+) -> None:
+    a, _, secret = await _two_replicas(app_factory, clean_pg, redis_url)
+    await authorize(a.gateway, request_id="warm-up", api_key=secret, estimated_cost="0.01")  # loads the script
+
+    async def authorized() -> None:
+        assert (await authorize(a.gateway, request_id="a1", api_key=secret, estimated_cost="0.01"))["decision"] == "allow"
+
+    # The commit alone: its own GET and HMGET (one held ledger), no read before it.
+    assert await commands_during(redis_url, authorized, ("get", "hmget", "evalsha")) == {"get": 1, "hmget": 1, "evalsha": 1}
+
+
+async def test_without_remembered_figures_an_authorize_reads_first(
+    app_factory: AppFactory, clean_pg: str, redis_url: str
+) -> None:
+    app = await app_factory(database_url=clean_pg, redis_url=redis_url, figures_max_age_seconds=0, **_QUIET)
+    secret = await create_key(app.admin, id="k-fresh", budget={"max_budget": "1.00"})
+    await authorize(app.gateway, request_id="warm-up", api_key=secret, estimated_cost="0.01")
+
+    async def authorized() -> None:
+        assert (await authorize(app.gateway, request_id="r1", api_key=secret, estimated_cost="0.01"))["decision"] == "allow"
+
+    # A pipelined read (GET of the decision, HMGET of the ledger), then the commit.
+    assert await commands_during(redis_url, authorized, ("get", "hmget", "evalsha")) == {"get": 2, "hmget": 2, "evalsha": 1}

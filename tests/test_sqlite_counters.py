@@ -1,0 +1,214 @@
+"""The SQLite adapter beyond the contract (tests/test_counters_contract.py runs that): rows the other
+readers can read, group commit, a write that fails alone, a lock held elsewhere, and the choice of
+adapter by URL scheme."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from sqlmodel import select
+
+from spendgate.counters import (
+    Counters,
+    Hold,
+    RedisCounters,
+    SqlCounters,
+    SqliteCounters,
+    StoredDecision,
+    counters_for,
+)
+from spendgate.db import create_engine, session_factory
+from spendgate.errors import Unavailable
+from spendgate.ledger_store import LedgerStore
+from spendgate.ledgers import LedgerRef
+from spendgate.migrate import upgrade
+from spendgate.periods import EPOCH
+from spendgate.settings import Settings
+from spendgate.tables import Reservation
+from support.app import AppFactory
+
+DAY = LedgerRef("user", "u1", "1d", datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
+FOREVER = LedgerRef("key", "k1", None, EPOCH, None)
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+
+
+def _decision(request_id: str, amount: int = 5) -> StoredDecision:
+    body = {"request_id": request_id, "decision": "allow", "reasons": [], "note": "café ✓", "charges": [{"a": None}]}
+    return StoredDecision(request_id, body, (DAY, FOREVER), amount)
+
+
+async def _commit(counters: Counters, request_id: str, *, amount: int = 5, limit: int | None = 100) -> str:
+    outcome = await counters.commit_decision(
+        decision=_decision(request_id, amount), holds=[Hold(DAY, limit), Hold(FOREVER, None)], ttl_seconds=600,
+        now=datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc),
+    )
+    return outcome.status
+
+
+async def _migrated(path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(Settings(database_url=url))
+    await upgrade(engine)
+    await engine.dispose()
+    return url
+
+
+@pytest.fixture
+async def sqlite_counters(sqlite_url: str) -> AsyncIterator[SqliteCounters]:
+    engine = create_engine(Settings(database_url=sqlite_url))
+    await upgrade(engine)
+    await engine.dispose()
+    counters = SqliteCounters.for_url(sqlite_url)
+    yield counters
+    await counters.close()
+
+
+def _rows(path: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as db:
+        return list(db.execute(query))
+
+
+async def test_the_rows_it_writes_are_the_rows_sqlalchemy_writes(tmp_path: Path) -> None:
+    ours_url, theirs_url = await _migrated(tmp_path / "ours.db"), await _migrated(tmp_path / "theirs.db")
+    ours = SqliteCounters.for_url(ours_url)
+    engine = create_engine(Settings(database_url=theirs_url))
+    theirs = SqlCounters(session_factory(engine))
+    try:
+        for counters in (ours, theirs):
+            assert await _commit(counters, "r1") == "committed"
+            assert await _commit(counters, "r2", limit=1) == "no_room"
+            await counters.settle(request_id="r1", snapshots=[])
+    finally:
+        await ours.close()
+        await engine.dispose()
+
+    reservation = "SELECT request_id, amount, charges, decision, expires_at, released, created_at FROM reservations"
+    ledger = "SELECT * FROM ledgers ORDER BY ledger_id"
+    mine, sqlalchemy = _rows(tmp_path / "ours.db", reservation), _rows(tmp_path / "theirs.db", reservation)
+    assert [row[:-1] for row in mine] == [row[:-1] for row in sqlalchemy]  # created_at: the moment of writing
+    assert all(STAMP.match(str(row[-1])) for row in mine)
+    mine, sqlalchemy = _rows(tmp_path / "ours.db", ledger), _rows(tmp_path / "theirs.db", ledger)
+    assert [row[:9] + row[10:] for row in mine] == [row[:9] + row[10:] for row in sqlalchemy]  # but updated_at
+    assert all(STAMP.match(str(row[9])) for row in mine)
+
+
+async def test_what_sqlalchemy_reads_of_its_rows_is_what_was_stored(sqlite_url: str, sqlite_counters: SqliteCounters) -> None:
+    await _commit(sqlite_counters, "r1")
+
+    engine = create_engine(Settings(database_url=sqlite_url))
+    try:
+        async with session_factory(engine)() as session:
+            row = (await session.exec(select(Reservation))).one()
+        assert await SqlCounters(session_factory(engine)).prior_decision("r1") == _decision("r1")
+    finally:
+        await engine.dispose()
+    assert row.expires_at == datetime(2026, 1, 1, 12, 10, 0, 123456, tzinfo=timezone.utc)
+    assert row.charges == [FOREVER.id, DAY.id] and row.released is False
+
+
+async def test_writes_that_queue_while_a_transaction_runs_commit_together(sqlite_counters: SqliteCounters) -> None:
+    statuses = await asyncio.gather(*(_commit(sqlite_counters, f"r{index}", amount=1) for index in range(20)))
+
+    assert statuses == ["committed"] * 20
+    # The first write found the thread idle and went alone; the 19 queued behind it went as one.
+    assert sqlite_counters.worker.commits == 2
+    assert (await sqlite_counters.read([DAY]))[DAY.id].reserved == 20
+
+
+async def test_a_write_that_raises_rolls_back_alone_and_its_batch_commits(sqlite_counters: SqliteCounters) -> None:
+    worker = sqlite_counters.worker
+
+    def insert(name: str, fail: bool = False) -> Awaitable[str]:
+        def run(db: sqlite3.Connection) -> str:
+            db.execute("INSERT INTO reservations VALUES (?, 0, '[]', '{}', '2026-01-01 00:00:00.000000', 1, "
+                       "'2026-01-01 00:00:00.000000')", (name,))
+            if fail:
+                raise LookupError(name)
+            return name
+        return worker.write(run)
+
+    results = await asyncio.gather(
+        insert("first"), insert("second"), insert("bad", fail=True), insert("last"), return_exceptions=True
+    )
+
+    assert results[:2] == ["first", "second"] and isinstance(results[2], LookupError) and results[3] == "last"
+    assert worker.commits == 2  # "first" alone, then the three queued behind it in one transaction
+    stored = await worker.read(lambda db: [row[0] for row in db.execute("SELECT request_id FROM reservations")])
+    assert sorted(stored) == ["first", "last", "second"]
+
+
+async def test_a_write_lock_held_elsewhere_blocks_its_thread_never_the_event_loop(
+    sqlite_url: str, sqlite_counters: SqliteCounters, tmp_path: Path,
+) -> None:
+    await sqlite_counters.ping()
+    other = sqlite3.connect(tmp_path / "spendgate.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the file's one write lock
+    try:
+        commit = asyncio.create_task(_commit(sqlite_counters, "r1"))
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not commit.done()  # the loop ran on while the commit waited for the lock
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await commit == "committed"
+
+
+async def test_a_database_it_cannot_open_is_reported_as_unavailable(tmp_path: Path) -> None:
+    counters = SqliteCounters(str(tmp_path / "missing" / "spendgate.db"))
+    try:
+        for call in (counters.ping, lambda: counters.prior_decision("r1"), lambda: _commit(counters, "r1")):
+            with pytest.raises(Unavailable) as caught:
+                await call()
+            assert caught.value.dependency == "database"
+    finally:
+        await counters.close()
+
+
+def test_an_in_memory_database_is_refused() -> None:
+    for url in ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"):
+        with pytest.raises(ValueError, match="in-memory"):
+            SqliteCounters.for_url(url)
+
+
+async def test_the_adapter_is_chosen_by_url_scheme(sqlite_url: str, clean_pg: str) -> None:
+    client = aioredis.from_url("redis://127.0.0.1:1/0")
+    engine = create_engine(Settings(database_url=clean_pg))
+    store = LedgerStore(session_factory(engine))
+
+    def chosen(**urls: str) -> Counters:
+        settings = Settings(**urls)
+        return counters_for(settings, sessions=session_factory(engine), redis=client if settings.redis_url else None,
+                            snapshots=store.snapshots)
+
+    try:
+        assert isinstance(chosen(database_url=clean_pg, redis_url="redis://127.0.0.1:1/0"), RedisCounters)
+        assert isinstance(chosen(database_url=sqlite_url, redis_url="redis://127.0.0.1:1/0"), RedisCounters)
+        on_sqlite = chosen(database_url=sqlite_url)
+        assert isinstance(on_sqlite, SqliteCounters)
+        await on_sqlite.close()
+        assert isinstance(chosen(database_url=clean_pg), SqlCounters)
+    finally:
+        await client.aclose()
+        await engine.dispose()
+
+
+async def test_the_embedded_default_runs_on_the_sqlite_adapter(
+    app_factory: AppFactory, sqlite_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="spendgate")
+
+    app = await app_factory(database_url=sqlite_url)
+
+    assert "database=sqlite counters=SqliteCounters " in caplog.text
+    await app.runtime.counters.ping()
