@@ -64,6 +64,7 @@ from spendgate.api import create_app
 from spendgate.decisions.models import RecordRequest
 from spendgate.facts_sql import KEY_CHAIN_SQL as _KEY_CHAIN_SQL
 from spendgate.facts_sql import NAMED_SQL as _NAMED_SQL
+from spendgate.headroom import headroom_tier_sql
 from spendgate.ledger_store import _PG_ADD_SPEND
 from spendgate.ledgers import charges_json
 from spendgate.policy import load_policy_set
@@ -305,11 +306,12 @@ SELECT request_id, cost, outcome, key_id, model, ('[' || array_to_string(pieces,
 FROM seed_events
 """
 
-_LEDGERS_SQL = """
+_LEDGERS_SQL = f"""
 INSERT INTO ledgers (ledger_id, entity_type, entity_id, "window", period_start, period_end, spent, reserved,
-                     version, updated_at, limit_at_charge)
+                     version, updated_at, limit_at_charge, headroom_tier)
 SELECT c->>'ledger_id', c->>'entity_type', c->>'entity_id', c->>'window', (c->>'period_start')::timestamptz,
-       (c->>'period_end')::timestamptz, spent, 0, records, updated_at, b.max_budget
+       (c->>'period_end')::timestamptz, spent, 0, records, updated_at, b.max_budget,
+       {headroom_tier_sql("spent::bigint", "b.max_budget")}
 FROM (SELECT piece::jsonb AS c, spent, records, updated_at
       FROM (SELECT piece, sum(cost) AS spent, count(*) AS records, max(created_at) AS updated_at
             FROM seed_events, unnest(pieces) AS piece WHERE piece IS NOT NULL GROUP BY piece) g) j

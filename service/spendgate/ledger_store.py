@@ -12,11 +12,12 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .db import SessionFactory, execute_core, wrap_database_errors
+from .headroom import headroom_tier, headroom_tier_sql
 from .ledgers import LedgerRef, LedgerSnapshot, charged_refs
 from .pg_direct import direct_transaction
 from .record_batch import BatchItem, InTransaction, RecordBatcher, WrittenBatch
@@ -177,6 +178,7 @@ class LedgerStore:
                 ledger_id=ref.id, entity_type=ref.entity_type, entity_id=ref.entity_id, window=ref.window,
                 period_start=ref.period_start, period_end=ref.period_end, spent=cost, reserved=0, version=1,
                 updated_at=now, limit_at_charge=limits.get(ref.id),
+                headroom_tier=headroom_tier(cost, limits.get(ref.id)),
             )
             statement = values.on_conflict_do_update(
                 index_elements=["ledger_id"],
@@ -185,6 +187,7 @@ class LedgerStore:
                     "version": _LEDGERS.c.version + 1,
                     "updated_at": values.excluded.updated_at,
                     "limit_at_charge": values.excluded.limit_at_charge,
+                    "headroom_tier": _SQLITE_TIER,
                 },
             ).returning(_LEDGERS.c.ledger_id, _LEDGERS.c.spent, _LEDGERS.c.version)
             rows.extend((await execute_core(session, statement)).all())
@@ -192,21 +195,23 @@ class LedgerStore:
         return tuple(found[ref.id] for ref in ordered)
 
 
-#: Adds each ledger's delta ($7) and sets its limit at charge ($8) — inserting ledgers never charged
-#: before — in ledger-id order. The limit is usually unchanged, and it is in no index key, so the
-#: update stays HOT (ix_ledgers_never_ending_limited's predicate names it: only a change counts).
-_PG_ADD_SPEND = """
+#: Adds each ledger's delta ($7) and sets its limit at charge ($8) and headroom tier — inserting
+#: ledgers never charged before — in ledger-id order. The limit is usually unchanged and the tier
+#: rarely changes (spendgate/headroom.py): an indexed column written with its old value keeps the
+#: update HOT (ix_ledgers_never_ending_limited's predicate and ix_ledgers_headroom name them).
+_PG_ADD_SPEND = f"""
     INSERT INTO ledgers (ledger_id, entity_type, entity_id, "window", period_start, period_end,
-                         spent, reserved, version, updated_at, limit_at_charge)
+                         spent, reserved, version, updated_at, limit_at_charge, headroom_tier)
     SELECT l.ledger_id, l.entity_type, l.entity_id, l."window", l.period_start, l.period_end, l.cost, 0, 1, $9,
-           l.limit_at_charge
+           l.limit_at_charge, {headroom_tier_sql("l.cost", "l.limit_at_charge")}
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::bigint[],
                 $8::bigint[])
          WITH ORDINALITY AS l(ledger_id, entity_type, entity_id, "window", period_start, period_end, cost,
                               limit_at_charge, position)
     ORDER BY l.position
     ON CONFLICT (ledger_id) DO UPDATE SET spent = ledgers.spent + excluded.spent,
-        version = ledgers.version + 1, updated_at = excluded.updated_at, limit_at_charge = excluded.limit_at_charge
+        version = ledgers.version + 1, updated_at = excluded.updated_at, limit_at_charge = excluded.limit_at_charge,
+        headroom_tier = {headroom_tier_sql("ledgers.spent + excluded.spent", "excluded.limit_at_charge")}
     RETURNING ledger_id, spent, version
 """
 
@@ -222,6 +227,9 @@ _PG_INSERT_EVENTS = """
     RETURNING request_id
 """
 
+
+#: SQLite's upsert: the tier of the ledger's spend after this charge, under the limit just written.
+_SQLITE_TIER: Any = literal_column(headroom_tier_sql("ledgers.spent + excluded.spent", "excluded.limit_at_charge"))
 
 _EVENTS: Table = SpendEvent.__table__  # type: ignore[attr-defined]
 _LEDGERS: Table = Ledger.__table__  # type: ignore[attr-defined]

@@ -161,6 +161,12 @@ class Ledger(SQLModel, table=True):
             postgresql_where=text("period_end IS NULL AND limit_at_charge IS NOT NULL"),
             sqlite_where=text("period_end IS NULL AND limit_at_charge IS NOT NULL"),
         ),
+        # The overview's ranking reads the lowest headroom tiers of current ledgers from here
+        # (spendgate/headroom.py); a record's update changes the tier rarely, so it stays HOT.
+        Index(
+            "ix_ledgers_headroom", "headroom_tier", "period_end", "period_start",
+            postgresql_where=text("headroom_tier IS NOT NULL"), sqlite_where=text("headroom_tier IS NOT NULL"),
+        ),
     )
     ledger_id: str = Field(primary_key=True, max_length=700)
     entity_type: str = Field(max_length=20)
@@ -174,6 +180,9 @@ class Ledger(SQLModel, table=True):
     #: The hard limit in force at the ledger's last charge (None: no limit, or never charged since
     #: migration 0006) — for ranking only (console overview); shown figures are read from budgets.
     limit_at_charge: int | None = Field(default=None, sa_column=_money(nullable=True))
+    #: floor(limit_at_charge / spent) to one significant digit, lower = nearer the limit
+    #: (spendgate/headroom.py) — written with `limit_at_charge`, for the ranking only.
+    headroom_tier: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     #: Bumped by every transaction that changes `spent` (a batch of records bumps it once);
     #: lets a cache keep only the newest snapshot.
     version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))

@@ -129,7 +129,7 @@ async def test_the_ranking_orders_by_spend_over_the_limit_at_the_last_charge_fig
 
     async def shown() -> list[tuple[str, str]]:
         async with runtime.sessions() as session:
-            rows = await near_limit(session=session, runtime=runtime, now=runtime.clock(), cached=False)
+            rows = await near_limit(session=session, runtime=runtime, now=runtime.clock())
         return [(row.entity_id, row.limit) for row in rows if row.entity_type == "key"]
 
     assert await ranked() == [tight, wide]
@@ -165,7 +165,7 @@ async def test_an_end_user_on_the_default_budget_is_listed_with_that_limit(
     assert recorded.status_code == 200, recorded.text
 
     async with app.runtime.sessions() as session:
-        rows = await near_limit(session=session, runtime=app.runtime, now=app.runtime.clock(), cached=False)
+        rows = await near_limit(session=session, runtime=app.runtime, now=app.runtime.clock())
 
     assert [(r.entity_type, r.entity_id, r.window, r.limit, r.used_bp) for r in rows] == [
         ("end_user", "cust-9", "1d", "2.000000", 7500)
@@ -190,7 +190,7 @@ async def test_candidates_whose_budget_is_gone_are_skipped_for_the_next_ones(
 
     async with runtime.sessions() as session:
         ranked = await _candidates(session, runtime.clock())
-        rows = await near_limit(session=session, runtime=runtime, now=runtime.clock(), cached=False)
+        rows = await near_limit(session=session, runtime=runtime, now=runtime.clock())
 
     assert ranked[0] == ("team", "team-gone")
     assert [(r.entity_type, r.entity_id, r.limit) for r in rows] == [("key", kept, "10.000000")]

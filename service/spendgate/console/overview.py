@@ -6,30 +6,29 @@ covering index (migration 0005_console_indexes), index-only: the month's and tod
 pass, today's top keys grouped and cut in SQL.
 
 "Near a limit" ranks current ledgers by committed `spent` / `limit_at_charge` — the hard limit in
-force at each ledger's last charge, written by the record path (migration 0006) — in one SQL
-pass over ledgers alone: an index range on period_end for windowed ledgers, a partial index for
-never-ending ones, no join to budgets. It then reads the top candidates' budgets, and their exact
-`spent` and `reserved` from the counters — the figures admin responses show — and orders them by
-(spent + reserved) / limit. A stale `limit_at_charge` (a limit changed since the last charge, a
-budget or entity removed) can only move an entity up or down among the candidates: every figure
-and limit shown is read from budgets. Candidates whose budgets no longer show a limit are skipped,
-and the next ones read (up to `_RANKED`). An entity with only reservations and no committed spend
-yet is not a candidate: reservations last seconds, spend stays.
-
-The ranking (not the figures) is reused for 15 s per replica unless an admin change (an audit
-event) happened since: without the join it costs half what it did, but still ~0.26 s at 100k keys
-on the 2-core bench machine (bench/README.md, "Console overview"). Everything else is read on
-every load.
+force at each ledger's last charge, written by the record path (migration 0006) — over ledgers
+alone, no join to budgets. Only the ledgers in the lowest headroom tiers are read (migration 0007,
+spendgate/headroom.py): a tier is `limit_at_charge / spent` to one significant digit, indexed, and
+every ledger outside the lowest tiers holding `_RANKED` ledgers has used less of its limit than
+every ledger inside them, so the top of the ranking is exact while ~100 heap rows are read, not
+every current ledger's (~130k at 100k keys: 0.15-0.26 s before, ~10-20 ms now; bench/README.md,
+"Console overview"). It then reads the top candidates' budgets, and their exact `spent` and
+`reserved` from the counters — the figures admin responses show — and orders them by
+(spent + reserved) / limit. A stale `limit_at_charge` or tier (a limit changed since the last
+charge, a budget or entity removed) can only move an entity up or down among the candidates, or
+out of them: every figure and limit shown is read from budgets. Candidates whose budgets no
+longer show a limit are skipped, and the next ones read (up to `_RANKED`). An entity with only
+reservations and no committed spend yet is not a candidate: reservations last seconds, spend
+stays. Everything is read on every load.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Double, and_, cast, func, literal, or_, select
+from sqlalchemy import Double, and_, bindparam, cast, func, literal, or_, select
 from sqlmodel import select as model_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -37,11 +36,12 @@ from ..admin.common import admin_read
 from ..admin.ledger_view import LedgerLine, default_end_user_budget, ledger_lines, read_ledgers
 from ..alerts.listing import list_alerts
 from ..db import execute_core, wrap_database_errors
+from ..headroom import TIERS
 from ..decision_store import recent
 from ..money import format_nanos, to_nanos
 from ..reports.rollups import ALL
 from ..runtime import Runtime
-from ..tables import AuditEvent, Budget, EndUser, Ledger, SpendRollup
+from ..tables import Budget, EndUser, Ledger, SpendRollup
 
 __all__ = ["NearLimit", "Overview", "overview", "near_limit"]
 
@@ -49,15 +49,11 @@ _L = Ledger.__table__  # type: ignore[attr-defined]
 _B = Budget.__table__  # type: ignore[attr-defined]
 _R = SpendRollup.__table__  # type: ignore[attr-defined]
 _E = EndUser.__table__  # type: ignore[attr-defined]
-_A = AuditEvent.__table__  # type: ignore[attr-defined]
 #: Ranked ledgers read from SQL (the top-N sort costs the same for 25 or 100), entities whose
 #: figures are read per round, and rows shown.
 _RANKED = 100
 _ROUND = 25
 _SHOWN = 10
-#: How long the near-limit ranking is reused when no admin change was made meanwhile.
-_CANDIDATES_SECONDS = 15.0
-_ranked: dict[str, tuple[float, Any, list[tuple[str, str]]]] = {}
 
 
 class NearLimit(NamedTuple):
@@ -102,15 +98,46 @@ def _shares(*current: Any) -> Any:
     )
 
 
+def _current(now: datetime) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Current ledgers: windowed ones while `period_start <= now < period_end`, and never-ending
+    ones charged under a limit (not the many budget-less end-user and tag ledgers)."""
+    return (_L.c.period_end > now, _L.c.period_start <= now), (_L.c.period_end.is_(None), _L.c.limit_at_charge.is_not(None))
+
+
+def _in_tiers(upto: int | None = None) -> Any:
+    """`headroom_tier IN (every tier up to `upto`)`, the list written into the SQL.
+
+    With the tiers listed, PostgreSQL descends ix_ledgers_headroom once per tier straight to the
+    current periods (an `= ANY` index condition), instead of walking the past periods' entries of
+    every tier below — which grow with history, the current ones with the keys alone."""
+    tiers = [tier for tier in TIERS if upto is None or tier <= upto]
+    return _L.c.headroom_tier.in_(bindparam("tiers", tiers, expanding=True, literal_execute=True))
+
+
+async def _tier_threshold(session: AsyncSession, now: datetime) -> int | None:
+    """The headroom tier of the `_RANKED`-th current ledger nearest its limit by tier
+    (spendgate/headroom.py), or None when fewer are tiered: every ledger beyond it has used less
+    of its limit than every ledger at or below it. Read from ix_ledgers_headroom alone, lowest
+    tiers first, the period conditions checked in the index."""
+    lowest = [
+        select(_L.c.headroom_tier).where(_in_tiers(), *conditions)
+        .order_by(_L.c.headroom_tier).limit(_RANKED).subquery()
+        for conditions in _current(now)
+    ]
+    both = select(lowest[0].c.headroom_tier).union_all(select(lowest[1].c.headroom_tier)).subquery()
+    statement = select(both.c.headroom_tier).order_by(both.c.headroom_tier).offset(_RANKED - 1).limit(1)
+    return (await execute_core(session, statement)).scalar()
+
+
 async def _candidates(session: AsyncSession, now: datetime) -> list[tuple[str, str]]:
     """Entities whose current ledgers have the most committed spend for their limit, most first
-    (one SQL pass over ledgers, no join).
+    (over ledgers alone, no join).
 
-    Windowed ledgers are current while `period_start <= now < period_end` (an index range,
-    ix_ledgers_period_end); never-ending ledgers charged under a limit are the partial index
-    ix_ledgers_never_ending_limited — not the many budget-less end-user and tag ledgers."""
-    windowed = _shares(_L.c.period_end > now, _L.c.period_start <= now)
-    never = _shares(_L.c.period_end.is_(None), _L.c.limit_at_charge.is_not(None))
+    Only the current ledgers in the lowest headroom tiers are read (from ix_ledgers_headroom) and
+    ordered by their exact share; with fewer than `_RANKED` tiered ledgers, every current one is."""
+    threshold = await _tier_threshold(session, now)
+    tiered = () if threshold is None else (_in_tiers(threshold),)
+    windowed, never = (_shares(*conditions, *tiered) for conditions in _current(now))
     both = windowed.union_all(never).subquery()
     statement = (
         select(both.c.entity_type, both.c.entity_id)
@@ -118,23 +145,6 @@ async def _candidates(session: AsyncSession, now: datetime) -> list[tuple[str, s
         .limit(_RANKED)
     )
     return list(dict.fromkeys((row[0], row[1]) for row in (await execute_core(session, statement)).all()))
-
-
-async def _cached_candidates(session: AsyncSession, runtime: Runtime, now: datetime) -> list[tuple[str, str]]:
-    """`_candidates`, reused for up to `_CANDIDATES_SECONDS` unless an admin change was made since.
-
-    Even without a join, ranking the ~130k current ledgers of 100k keys reads each one's heap row
-    (spent changes on every record, so no index may hold it): ~0.26 s on the 2-core bench machine,
-    half a cold load (bench/console.py). The ranking moves slowly, and the figures shown are read
-    live for every page either way."""
-    marker = (await execute_core(session, select(func.max(_A.c.id)))).scalar()
-    key = runtime.settings.database_url
-    found = _ranked.get(key)
-    if found is not None and found[1] == marker and time.monotonic() - found[0] < _CANDIDATES_SECONDS:
-        return found[2]
-    candidates = await _candidates(session, now)
-    _ranked[key] = (time.monotonic(), marker, candidates)
-    return candidates
 
 
 async def _lines(
@@ -159,9 +169,9 @@ async def _lines(
     }
 
 
-async def near_limit(*, session: AsyncSession, runtime: Runtime, now: datetime, cached: bool = True) -> list[NearLimit]:
+async def near_limit(*, session: AsyncSession, runtime: Runtime, now: datetime) -> list[NearLimit]:
     """Entities whose current ledger is closest to its hard limit, most used first."""
-    candidates = await (_cached_candidates(session, runtime, now) if cached else _candidates(session, now))
+    candidates = await _candidates(session, now)
     found: list[NearLimit] = []
     for start in range(0, len(candidates), _ROUND):  # one round unless stale candidates showed nothing
         shown = await read_ledgers(
