@@ -1,17 +1,22 @@
 """The headroom tier (spendgate/headroom.py, migration 0007) and the near-limit ranking built on it:
 the SQL the record path writes equals the Python definition on both engines; a lower tier always
 means more of the limit used; the ranking read through the lowest tiers is the exact ranking of
-every current ledger; the migration fills in the tier of current ledgers."""
+every current ledger; the migration fills in the tier of current ledgers, and reconcile repairs
+the tiers other writers leave; a charge that does not move the tier is a HOT update."""
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
 
+import asyncpg
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -21,11 +26,16 @@ from spendgate.console import overview as overview_module
 from spendgate.console.overview import _candidates, _tier_threshold
 from spendgate.db import session_factory
 from spendgate.headroom import TIERS, headroom_tier, headroom_tier_sql
-from spendgate.ledger_store import LedgerStore
+from spendgate.ledger_store import _PG_ADD_SPEND, LedgerStore
 from spendgate.ledgers import LedgerRef, charges_json
 from spendgate.migrate import upgrade
 from spendgate.periods import EPOCH
+from spendgate.reconcile.headroom_tiers import refresh_headroom_tiers
+from spendgate.reconcile.periodic import reconcile_once
 from spendgate.tables import SpendEvent
+from support.app import RunningApp
+from support.scenario import authorize, create, record
+from support.services import create_database, drop_database
 
 BIGINT_MAX = 2**63 - 1
 
@@ -153,6 +163,25 @@ async def test_with_few_tiered_ledgers_every_current_one_is_ranked(engine: Async
         assert await _candidates(session, now) == await _exact_ranking(rows, now)
 
 
+@pytest.mark.asyncio
+async def test_a_threshold_that_moved_before_the_ranking_falls_back_to_every_current_ledger(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The threshold and the ranking are two statements: a charge between them can leave fewer
+    than `_RANKED` ledgers at or below the threshold read. Here the threshold is read as the
+    lowest tier (as if every other ledger had left it): the ranking is still the exact one."""
+    now = datetime.now(timezone.utc)
+    rows = _ledgers(now)
+    await _record_all(engine, rows)
+    monkeypatch.setattr(overview_module, "_tier_threshold", _lowest_tier)
+    async with session_factory(engine)() as session:
+        assert await _candidates(session, now) == await _exact_ranking(rows, now)
+
+
+async def _lowest_tier(session: Any, now: datetime) -> int:
+    return TIERS[0]
+
+
 # --- the migration -------------------------------------------------------------------------------
 
 
@@ -197,11 +226,6 @@ async def test_the_migration_fills_in_the_tier_of_current_ledgers_charged_under_
 
 async def _run_backfill(engine: AsyncEngine) -> None:
     """0007's `_backfill` through alembic's operations, as `upgrade` runs it."""
-    import importlib
-
-    from alembic.migration import MigrationContext
-    from alembic.operations import Operations
-
     migration = importlib.import_module("spendgate.migrations.versions.0007_ledger_headroom_tier")
 
     def run(sync: Any) -> None:
@@ -221,30 +245,27 @@ async def test_a_charge_is_a_hot_update_unless_it_moves_the_tier() -> None:
     record path's statement: every update is HOT (no new index entries) except those that moved
     the tier — and those are few. PostgreSQL's own counters tell, read by the same backend after
     it flushed them, in a database of this test's own (the counters outlive TRUNCATE)."""
-    import asyncpg
-
-    from spendgate.ledger_store import _PG_ADD_SPEND
-    from support.services import create_database, drop_database
-
     limit, cost, charges = 10 * 10**9, 10**7, 300
     ref = LedgerRef("key", "k1", None, EPOCH, None)
     url = await create_database("spendgate_hot")
-    engine = create_async_engine(url)
-    await upgrade(engine)
-    await engine.dispose()
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        for _ in range(charges):
-            await conn.execute(
-                _PG_ADD_SPEND, [ref.id], [ref.entity_type], [ref.entity_id], [ref.window], [ref.period_start],
-                [ref.period_end], [cost], [limit], datetime.now(timezone.utc),
+        engine = create_async_engine(url)
+        await upgrade(engine)
+        await engine.dispose()
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            for _ in range(charges):
+                await conn.execute(
+                    _PG_ADD_SPEND, [ref.id], [ref.entity_type], [ref.entity_id], [ref.window], [ref.period_start],
+                    [ref.period_end], [cost], [limit], datetime.now(timezone.utc),
+                )
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            updates, hot = await conn.fetchrow(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'ledgers'"
             )
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        updates, hot = await conn.fetchrow(
-            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'ledgers'"
-        )
+        finally:
+            await conn.close()
     finally:
-        await conn.close()
         await drop_database(url)
 
     tiers = [headroom_tier(cost * n, limit) for n in range(1, charges + 1)]
@@ -252,3 +273,31 @@ async def test_a_charge_is_a_hot_update_unless_it_moves_the_tier() -> None:
     assert updates == charges - 1, "the first charge inserts the ledger"
     assert updates - hot == moves
     assert moves <= 30, f"the tier moved on {moves} of {charges - 1} charges"
+
+
+# --- repair of tiers other writers left ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_reconcile_re_derives_tiers_a_replica_before_0007_left_behind(any_app: RunningApp) -> None:
+    """A replica on the previous version charges without moving the tier (here: `spent` raised by
+    hand, as its statement would), which would hide a ledger at its limit from the ranking; the
+    periodic reconcile sets it right on both engines, and the next run finds nothing."""
+    key = await create(any_app.admin, "keys", {"name": "k", "budget": {"max_budget": "10"}})
+    await authorize(any_app.gateway, api_key=key["key"], request_id="r1", model="gpt-4o", estimated_cost="0.01")
+    await record(any_app.gateway, request_id="r1", cost="0.01", outcome="success")
+    engine = any_app.runtime.engine
+
+    async def tiers() -> dict[str, int | None]:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT entity_id, headroom_tier FROM ledgers WHERE entity_type = 'key'"))).all()
+        return dict(rows)
+
+    assert await tiers() == {key["id"]: headroom_tier(10**7, 10 * 10**9)}
+    async with engine.begin() as conn:  # the old replica's charge: to the limit, tier untouched
+        await conn.execute(text("UPDATE ledgers SET spent = :s WHERE entity_type = 'key'"), {"s": 10 * 10**9})
+
+    await reconcile_once(any_app.runtime)
+
+    assert await tiers() == {key["id"]: headroom_tier(10 * 10**9, 10 * 10**9)} == {key["id"]: 11}
+    assert await refresh_headroom_tiers(any_app.runtime.sessions, any_app.runtime.clock()) == 0

@@ -9,6 +9,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from spendgate.counters import (
     StoredDecision,
     counters_for,
 )
+from spendgate.counters.sqlite_worker import SqliteWorker, connect_sqlite
 from spendgate.db import create_engine, session_factory
 from spendgate.errors import Unavailable
 from spendgate.ledger_store import LedgerStore
@@ -162,6 +164,43 @@ async def test_a_write_lock_held_elsewhere_blocks_its_thread_never_the_event_loo
         other.execute("COMMIT")
         other.close()
     assert await commit == "committed"
+
+
+async def test_reads_queued_behind_a_write_waiting_for_the_lock_are_answered_meanwhile(
+    sqlite_counters: SqliteCounters, tmp_path: Path,
+) -> None:
+    """The engine's own connection holds the write lock and awaits a read here (an admin change
+    showing the ledgers it touched) while a write here waits for that lock: the read is answered
+    before the lock is let go — it does not wait out the 30 s busy timeout behind the write."""
+    await sqlite_counters.ping()
+    holder = sqlite3.connect(tmp_path / "spendgate.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        commit = asyncio.create_task(_commit(sqlite_counters, "r1"))
+        await asyncio.sleep(0.05)  # the write is with the thread, asking for the lock
+        figures = await asyncio.wait_for(sqlite_counters.read([DAY]), timeout=5)
+        assert figures[DAY.id].reserved == 0 and not commit.done()
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert await commit == "committed"
+    assert (await sqlite_counters.read([DAY]))[DAY.id].reserved == 5
+
+
+async def test_a_write_refused_the_lock_past_its_wait_is_unavailable(sqlite_url: str, tmp_path: Path) -> None:
+    engine = create_engine(Settings(database_url=sqlite_url))
+    await upgrade(engine)
+    await engine.dispose()
+    worker = SqliteWorker(partial(connect_sqlite, str(tmp_path / "spendgate.db")), lock_wait_seconds=0.3)
+    holder = sqlite3.connect(tmp_path / "spendgate.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable, match="database is locked"):
+            await asyncio.wait_for(worker.write(lambda db: db.execute("DELETE FROM reservations")), timeout=5)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        await worker.close()
 
 
 async def test_a_database_it_cannot_open_is_reported_as_unavailable(tmp_path: Path) -> None:

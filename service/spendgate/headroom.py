@@ -13,9 +13,10 @@ q = 9 is 19, q = 10..19 is 21, and so on. It is NULL without a limit or without 
 
 Ordering: tier(a) < tier(b) implies q(a) < q(b), hence limit_a/spent_a < limit_b/spent_b, so `a`
 has used strictly more of its limit than `b`. Every ledger outside the lowest tiers therefore ranks
-below every ledger inside them, and the top of the ranking is exact. A tier moves when q gains a
-digit or its leading digit changes: at most ~9 times per tenfold growth of spend, a few dozen times
-in a ledger's period, so the record path's ledger updates stay HOT almost always.
+below every ledger inside them, and the top of the ranking is exact. As spend grows, q shrinks:
+the tier moves when q loses a digit or its leading digit changes (or when a raised limit grows q),
+at most ~9 times per tenfold growth of spend — a few dozen times in a ledger's period — so the
+record path's ledger updates stay HOT almost always.
 
 The same formula is written twice — here for tests and checks, and as SQL that the record path,
 migration 0007 and the bench seed embed — and `tests/test_headroom.py` holds them equal on both

@@ -134,8 +134,22 @@ async def _candidates(session: AsyncSession, now: datetime) -> list[tuple[str, s
     (over ledgers alone, no join).
 
     Only the current ledgers in the lowest headroom tiers are read (from ix_ledgers_headroom) and
-    ordered by their exact share; with fewer than `_RANKED` tiered ledgers, every current one is."""
+    ordered by their exact share; with fewer than `_RANKED` tiered ledgers, every current one is.
+    The two statements see two moments: should a charge in between have moved ledgers out of those
+    tiers (a raised limit), fewer than `_RANKED` come back, and every current ledger is ranked.
+
+    "Exact" is in the order the SQL sorts by, a double: two shares within one part in 2^53 of each
+    other can tie, and a ledger just outside the tiers read could then have won the tie-break by
+    name. The shares shown are exact either way."""
     threshold = await _tier_threshold(session, now)
+    rows = await _ranked(session, now, threshold)
+    if threshold is not None and len(rows) < _RANKED:
+        rows = await _ranked(session, now, None)
+    return list(dict.fromkeys((row[0], row[1]) for row in rows))
+
+
+async def _ranked(session: AsyncSession, now: datetime, threshold: int | None) -> Sequence[Any]:
+    """The first `_RANKED` current ledgers by committed share, of the tiers up to `threshold` (None: all)."""
     tiered = () if threshold is None else (_in_tiers(threshold),)
     windowed, never = (_shares(*conditions, *tiered) for conditions in _current(now))
     both = windowed.union_all(never).subquery()
@@ -144,7 +158,7 @@ async def _candidates(session: AsyncSession, now: datetime) -> list[tuple[str, s
         .order_by(both.c.used.desc(), both.c.entity_type, both.c.entity_id)
         .limit(_RANKED)
     )
-    return list(dict.fromkeys((row[0], row[1]) for row in (await execute_core(session, statement)).all()))
+    return (await execute_core(session, statement)).all()
 
 
 async def _lines(

@@ -16,6 +16,13 @@ only after the commit: acknowledged still means durable. A transaction that fail
 (the lock not granted within the busy timeout, an I/O error) fails every write of the batch, and
 SQLite's "unreachable" errors become 503 `Unavailable("database")`.
 
+The thread never sits on the write lock for long: it asks for it with a short busy timeout
+(`_LOCK_POLL_MS`) and, refused, hands the batch's writes back to the front of the queue, so the
+reads queued meanwhile run before the next try. Without that, a coroutine holding a write
+transaction on the engine's own connection while it awaits a read here (an admin change shows
+the ledgers it touched) would wait behind a write that waits for it: stuck for the whole busy
+timeout. A write still refused after `lock_wait_seconds` fails as a 503.
+
 A caller that goes away (client disconnect) cancels only its own wait: a job already in a batch
 runs with it; one still queued is dropped.
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
@@ -34,6 +42,9 @@ from ..errors import Unavailable
 __all__ = ["SqliteWorker", "connect_sqlite"]
 
 T = TypeVar("T")
+
+#: How long one try for the write lock waits inside SQLite before the queued reads get their turn.
+_LOCK_POLL_MS = 20
 
 #: SQLite errors that mean "the database cannot be used now", not "this job is wrong".
 _UNREACHABLE: tuple[type[BaseException], ...] = (sqlite3.OperationalError, sqlite3.InterfaceError, OSError)
@@ -51,6 +62,14 @@ class _Job(NamedTuple):
     run: Callable[[sqlite3.Connection], Any]
     writes: bool
     answer: asyncio.Future[Any]
+    #: time.monotonic() after which a write still refused the lock fails.
+    deadline: float
+
+
+class _LockRefused(NamedTuple):
+    """A write batch's outcome when another connection holds the write lock: try again."""
+
+    error: sqlite3.OperationalError
 
 
 #: A job's outcome: (True, its value) or (False, the exception it raised).
@@ -60,11 +79,14 @@ _Outcome = tuple[bool, Any]
 class SqliteWorker:
     """Runs jobs on one thread's own connection, the writes of each batch in one transaction."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 64) -> None:
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 64, lock_wait_seconds: float = 30.0
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._connect = connect
         self._max_batch = max_batch
+        self._lock_wait = lock_wait_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendgate-sqlite")
         #: Only ever touched on the worker thread.
         self._db: sqlite3.Connection | None = None
@@ -101,7 +123,7 @@ class SqliteWorker:
         if self._closed:
             raise Unavailable("database", "the SQLite counters are closed")
         loop = asyncio.get_running_loop()
-        job = _Job(run, writes, loop.create_future())
+        job = _Job(run, writes, loop.create_future(), time.monotonic() + self._lock_wait)
         self._queue.append(job)
         if not self._busy:
             self._dispatch(loop)
@@ -122,13 +144,20 @@ class SqliteWorker:
         self._executor.submit(self._run, loop, batch)
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Job], outcomes: list[_Outcome]) -> None:
+        retry: list[_Job] = []
         for job, (ok, value) in zip(batch, outcomes, strict=True):
             if job.answer.done():
                 continue
-            if ok:
+            if isinstance(value, _LockRefused):
+                if time.monotonic() < job.deadline:
+                    retry.append(job)
+                else:
+                    job.answer.set_exception(_unavailable(value.error))
+            elif ok:
                 job.answer.set_result(value)
             else:
                 job.answer.set_exception(_unavailable(value) if isinstance(value, _UNREACHABLE) else value)
+        self._queue[:0] = retry  # ahead of what queued meanwhile, which joins them in the next batch
         self._dispatch(loop)
 
     # --- the worker thread's side -------------------------------------------------------
@@ -160,9 +189,19 @@ class SqliteWorker:
         return outcomes
 
     def _transaction(self, db: sqlite3.Connection, runs: list[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome]:
-        """All the writes in one transaction, a savepoint each; if the transaction fails, every one fails."""
+        """All the writes in one transaction, a savepoint each; if the transaction fails, every one fails.
+        The write lock refused (another connection writes): every one is to be tried again."""
+        patience = db.execute("PRAGMA busy_timeout").fetchone()[0]
+        db.execute(f"PRAGMA busy_timeout = {_LOCK_POLL_MS}")  # for the lock only: reads keep their patience
         try:
             db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                return [(False, _LockRefused(exc))] * len(runs)
+            return [(False, exc)] * len(runs)
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(patience)}")
+        try:
             outcomes = [_in_savepoint(run, db) for run in runs]
             db.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001 — reported to every writer of the batch

@@ -9,7 +9,8 @@ to prevent), and a lost one lets a budget overshoot. Both repairs derive only fr
 authoritative state and cannot race live traffic. A counter *ahead* of the ledger is only
 reported: it means the ledger was restored or edited, and lowering spend admits more traffic —
 a human decides (`spendgate reconcile --fix`). Everything found is exported as metrics and
-logged at WARNING, so a repair never hides the bug that caused the drift.
+logged at WARNING, so a repair never hides the bug that caused the drift. It also re-derives
+the console's ranking tier of ledgers charged without it (`headroom_tiers.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..metrics import RECONCILE_PROBLEMS, Metrics
 from ..money import NANOS_PER_USD
 from ..runtime import Runtime
 from . import Reconciler, reconciler_for
+from .headroom_tiers import refresh_headroom_tiers
 from .report import ReconcileReport, render_text
 
 __all__ = ["reconcile_once", "reconcile_periodically", "publish"]
@@ -49,6 +51,10 @@ async def reconcile_once(runtime: Runtime, reconciler: Reconciler | None = None)
     publish(runtime.metrics, report)
     if report.drifts:
         log.warning("counter drift found by reconcile:\n%s", render_text(report))
+    repaired = await refresh_headroom_tiers(runtime.sessions, runtime.clock())
+    if repaired:
+        log.warning("re-derived the headroom tier of %d ledgers charged without it (a replica before "
+                    "migration 0007, or a hand edit)", repaired)
     return report
 
 

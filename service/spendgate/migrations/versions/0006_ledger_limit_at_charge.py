@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from alembic import op
 
-from spendgate.migrations.online import create_index, outside_transaction
+from spendgate.migrations.online import create_index, is_postgresql, outside_transaction
 from spendgate.tables import UtcDateTime
 
 revision = "0006_ledger_limit_at_charge"
@@ -57,7 +57,8 @@ def _backfill(now: datetime) -> None:
     with a windowless budget. The limit is the entity's budget of the ledger's window (the tightest,
     should there be several) — what the next charge would write. Rows a record has written
     meanwhile are left alone (`limit_at_charge IS NULL`). On PostgreSQL each chunk is its own
-    transaction and locks its rows in ledger-id order, as records do, so it never deadlocks one."""
+    transaction and locks its rows in ledger-id code-point order (COLLATE "C"), as records sort them
+    in Python, so it never deadlocks one."""
     ledgers, budgets = _LEDGERS.c, _BUDGETS.c
     windowed = sa.select(ledgers.ledger_id).where(
         ledgers.period_end > now, ledgers.period_start <= now, ledgers.spent > 0
@@ -79,7 +80,7 @@ def _backfill(now: datetime) -> None:
         locked = (
             sa.select(ledgers.ledger_id)
             .where(ledgers.ledger_id.in_(ids[start : start + _CHUNK]), ledgers.limit_at_charge.is_(None))
-            .order_by(ledgers.ledger_id)
+            .order_by(ledgers.ledger_id.collate("C") if is_postgresql() else ledgers.ledger_id)
             .with_for_update()
             .cte("locked")
         )

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from spendgate.headroom import headroom_tier_sql
-from spendgate.migrations.online import create_index, outside_transaction
+from spendgate.migrations.online import create_index, is_postgresql, outside_transaction
 from spendgate.tables import UtcDateTime
 
 revision = "0007_ledger_headroom_tier"
@@ -46,9 +46,9 @@ def upgrade() -> None:
 
 def _backfill(now: datetime) -> None:
     """The tier of every current ledger charged under a limit, so the overview ranks them from the
-    first load. Each chunk locks its rows in ledger-id order, as records do (never a deadlock with
-    one), and computes the tier from the row as it is under that lock: a record that charged it
-    meanwhile wrote the same value."""
+    first load. Each chunk locks its rows in ledger-id code-point order (COLLATE "C"), as records
+    sort them in Python (never a deadlock with one), and computes the tier from the row as it is
+    under that lock: a record that charged it meanwhile wrote the same value."""
     ledgers = _LEDGERS.c
     current = sa.or_(sa.and_(ledgers.period_end > now, ledgers.period_start <= now), ledgers.period_end.is_(None))
     bind = op.get_bind()
@@ -62,7 +62,7 @@ def _backfill(now: datetime) -> None:
         locked = (
             sa.select(ledgers.ledger_id)
             .where(ledgers.ledger_id.in_(ids[start : start + _CHUNK]))
-            .order_by(ledgers.ledger_id)
+            .order_by(ledgers.ledger_id.collate("C") if is_postgresql() else ledgers.ledger_id)
             .with_for_update()
             .cte("locked")
         )
