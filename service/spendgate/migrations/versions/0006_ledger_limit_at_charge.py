@@ -11,16 +11,13 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from alembic import op
 
-from spendgate.migrations.online import create_index, is_postgresql, outside_transaction
+from spendgate.migrations.online import create_index, locked_update, outside_transaction
 from spendgate.tables import UtcDateTime
 
 revision = "0006_ledger_limit_at_charge"
 down_revision = "0005_console_indexes"
 branch_labels = None
 depends_on = None
-
-#: Ledgers per backfill statement (on PostgreSQL its own transaction, holding its rows' locks for ms).
-_CHUNK = 1000
 
 _LEDGERS = sa.table(
     "ledgers",
@@ -76,20 +73,7 @@ def _backfill(now: datetime) -> None:
         )
         .scalar_subquery()
     )
-    for start in range(0, len(ids), _CHUNK):
-        locked = (
-            sa.select(ledgers.ledger_id)
-            .where(ledgers.ledger_id.in_(ids[start : start + _CHUNK]), ledgers.limit_at_charge.is_(None))
-            .order_by(ledgers.ledger_id.collate("C") if is_postgresql() else ledgers.ledger_id)
-            .with_for_update()
-            .cte("locked")
-        )
-        bind.execute(
-            sa.update(_LEDGERS)
-            .where(ledgers.ledger_id.in_(sa.select(locked.c.ledger_id)))
-            .values(limit_at_charge=limit)
-            .add_cte(locked)
-        )
+    locked_update(_LEDGERS, "ledger_id", ids, {"limit_at_charge": limit}, where=[ledgers.limit_at_charge.is_(None)])
 
 
 def downgrade() -> None:

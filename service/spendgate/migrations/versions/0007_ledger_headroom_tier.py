@@ -12,16 +12,13 @@ import sqlalchemy as sa
 from alembic import op
 
 from spendgate.headroom import headroom_tier_sql
-from spendgate.migrations.online import create_index, is_postgresql, outside_transaction
+from spendgate.migrations.online import create_index, locked_update, outside_transaction
 from spendgate.tables import UtcDateTime
 
 revision = "0007_ledger_headroom_tier"
 down_revision = "0006_ledger_limit_at_charge"
 branch_labels = None
 depends_on = None
-
-#: Ledgers per backfill statement (on PostgreSQL its own transaction, holding its rows' locks for ms).
-_CHUNK = 1000
 
 _LEDGERS = sa.table(
     "ledgers",
@@ -58,20 +55,7 @@ def _backfill(now: datetime) -> None:
         )
     )
     tier: sa.ColumnElement[int] = sa.literal_column(headroom_tier_sql("ledgers.spent", "ledgers.limit_at_charge"))
-    for start in range(0, len(ids), _CHUNK):
-        locked = (
-            sa.select(ledgers.ledger_id)
-            .where(ledgers.ledger_id.in_(ids[start : start + _CHUNK]))
-            .order_by(ledgers.ledger_id.collate("C") if is_postgresql() else ledgers.ledger_id)
-            .with_for_update()
-            .cte("locked")
-        )
-        bind.execute(
-            sa.update(_LEDGERS)
-            .where(ledgers.ledger_id.in_(sa.select(locked.c.ledger_id)))
-            .values(headroom_tier=tier)
-            .add_cte(locked)
-        )
+    locked_update(_LEDGERS, "ledger_id", ids, {"headroom_tier": tier})
 
 
 def downgrade() -> None:
