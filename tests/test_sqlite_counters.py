@@ -187,6 +187,29 @@ async def test_reads_queued_behind_a_write_waiting_for_the_lock_are_answered_mea
     assert (await sqlite_counters.read([DAY]))[DAY.id].reserved == 5
 
 
+async def test_reads_get_in_ahead_of_more_refused_writes_than_a_batch_holds(sqlite_url: str, tmp_path: Path) -> None:
+    """Writes refused the lock go back to the queue behind the reads that queued meanwhile: with a
+    batch of one job and two writes waiting, a read is still answered while the lock is held."""
+    engine = create_engine(Settings(database_url=sqlite_url))
+    await upgrade(engine)
+    await engine.dispose()
+    worker = SqliteWorker(partial(connect_sqlite, str(tmp_path / "spendgate.db")), max_batch=1)
+    holder = sqlite3.connect(tmp_path / "spendgate.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        writes = [asyncio.create_task(worker.write(lambda db: db.execute("DELETE FROM reservations").rowcount))
+                  for _ in range(2)]
+        await asyncio.sleep(0.05)
+        count = await asyncio.wait_for(worker.read(lambda db: db.execute("SELECT count(*) FROM ledgers").fetchone()[0]),
+                                       timeout=5)
+        assert count == 0 and not any(write.done() for write in writes)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert await asyncio.gather(*writes) == [0, 0]
+    await worker.close()
+
+
 async def test_a_write_refused_the_lock_past_its_wait_is_unavailable(sqlite_url: str, tmp_path: Path) -> None:
     engine = create_engine(Settings(database_url=sqlite_url))
     await upgrade(engine)

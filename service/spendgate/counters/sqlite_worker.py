@@ -157,7 +157,9 @@ class SqliteWorker:
                 job.answer.set_result(value)
             else:
                 job.answer.set_exception(_unavailable(value) if isinstance(value, _UNREACHABLE) else value)
-        self._queue[:0] = retry  # ahead of what queued meanwhile, which joins them in the next batch
+        if retry:  # the reads that queued meanwhile first (a batch is at most max_batch jobs), then these
+            queued = self._queue
+            self._queue = [job for job in queued if not job.writes] + retry + [job for job in queued if job.writes]
         self._dispatch(loop)
 
     # --- the worker thread's side -------------------------------------------------------
@@ -167,6 +169,7 @@ class SqliteWorker:
             outcomes = self._run_batch(batch)
         except BaseException as exc:  # noqa: BLE001 — every waiter must hear about it, and the queue go on
             outcomes = [(False, exc)] * len(batch)
+            self._drop_connection()  # in an unknown state (a transaction left open?): the next batch reconnects
         try:
             loop.call_soon_threadsafe(self._finish, loop, batch, outcomes)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -196,7 +199,7 @@ class SqliteWorker:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # extended codes too: BUSY_SNAPSHOT, …
                 return [(False, _LockRefused(exc))] * len(runs)
             return [(False, exc)] * len(runs)
         finally:
@@ -217,6 +220,12 @@ class SqliteWorker:
     def _close_connection(self) -> None:
         if self._db is not None:
             self._db.close()
+            self._db = None
+
+    def _drop_connection(self) -> None:
+        try:
+            self._close_connection()
+        except sqlite3.Error:
             self._db = None
 
 

@@ -46,16 +46,25 @@ def publish(metrics: Metrics, report: ReconcileReport) -> None:
 
 async def reconcile_once(runtime: Runtime, reconciler: Reconciler | None = None) -> ReconcileReport:
     """One run as the service does it: repair per `reconcile_fix`, publish, log drift."""
+    await _refresh_tiers(runtime)  # SQL only: done even when the counters cannot be reached
     reconciler = reconciler or reconciler_for(sessions=runtime.sessions, redis=runtime.redis)
     report = await reconciler.run(fix=runtime.settings.reconcile_fix, fix_ahead=False)
     publish(runtime.metrics, report)
     if report.drifts:
         log.warning("counter drift found by reconcile:\n%s", render_text(report))
-    repaired = await refresh_headroom_tiers(runtime.sessions, runtime.clock())
+    return report
+
+
+async def _refresh_tiers(runtime: Runtime) -> None:
+    """The console ranking's tiers (headroom_tiers.py); a failure is logged and the reconcile goes on."""
+    try:
+        repaired = await refresh_headroom_tiers(runtime.sessions, runtime.clock())
+    except SpendgateError as exc:
+        log.warning("headroom tiers not re-derived: %s", exc.message)
+        return
     if repaired:
         log.warning("re-derived the headroom tier of %d ledgers charged without it (a replica before "
                     "migration 0007, or a hand edit)", repaired)
-    return report
 
 
 async def reconcile_periodically(runtime: Runtime) -> None:

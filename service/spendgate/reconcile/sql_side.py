@@ -109,14 +109,15 @@ class SqlReconciler:
 
     @staticmethod
     async def _lock(session: Any, chunk: Sequence[str]) -> list[Any]:
-        """Lock the chunk's ledger rows in id order and read them."""
+        """Lock the chunk's ledger rows in id order — code point order, as records sort them — and read them."""
         ids = sorted(chunk)
+        postgres = dialect_name(session) == "postgresql"
         query = (
             select(_ledgers.c.ledger_id, _ledgers.c.spent, _ledgers.c.version, _ledgers.c.reserved)
             .where(_ledgers.c.ledger_id.in_(ids))
-            .order_by(_ledgers.c.ledger_id)
+            .order_by(_ledgers.c.ledger_id.collate("C") if postgres else _ledgers.c.ledger_id)
         )
-        if dialect_name(session) == "postgresql":
+        if postgres:
             return list((await execute_core(session, query.with_for_update())).all())
         # SQLite: a write as the first statement takes the database's write lock at once.
         await session.exec(
