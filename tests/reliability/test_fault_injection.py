@@ -376,5 +376,18 @@ async def test_redis_unreachable_fails_closed_and_recovers(cluster: Cluster) -> 
             if a.path == "/v1/record" and a.status == 200 and a.sent >= marks["kill"] and a.done <= down.end
         ]
         assert recorded_while_down, "no record was acknowledged while Redis was down"
+        # A replica that answered the request's authorize remembers its decision and needs no Redis
+        # to record it (counters/replica_memory.py); any other replica can only attribute the record
+        # through its api_key. Some of those must have landed too.
+        while_down = {id(a) for a in recorded_while_down}
+        attributed_while_down = [
+            a for o in driver.outcomes.values()
+            for a in o.attempts
+            if id(a) in while_down and a.replica not in {b.replica for b in o.attempts if b.path == "/v1/authorize"}
+        ]
+        assert attributed_while_down, (
+            "no record was acknowledged while Redis was down by a replica that had not seen its authorize "
+            "(records carrying api_key must be attributed without the counters)"
+        )
         assert_recovered(driver, since=marks["restart"])
         await verify(cluster, driver, scenario, redis_loss=[Window(marks["kill"], marks["kill"])])
