@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable
 from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -187,15 +188,18 @@ async def test_reads_queued_behind_a_write_waiting_for_the_lock_are_answered_mea
     assert (await sqlite_counters.read([DAY]))[DAY.id].reserved == 5
 
 
-async def test_reads_get_in_ahead_of_more_refused_writes_than_a_batch_holds(sqlite_url: str, tmp_path: Path) -> None:
+async def _worker_and_lock_holder(path: Path, **options: Any) -> tuple[SqliteWorker, sqlite3.Connection]:
+    """A worker on a migrated file, and another connection holding that file's write lock."""
+    await _migrated(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return SqliteWorker(partial(connect_sqlite, str(path)), **options), holder
+
+
+async def test_reads_get_in_ahead_of_more_refused_writes_than_a_batch_holds(tmp_path: Path) -> None:
     """Writes refused the lock go back to the queue behind the reads that queued meanwhile: with a
     batch of one job and two writes waiting, a read is still answered while the lock is held."""
-    engine = create_engine(Settings(database_url=sqlite_url))
-    await upgrade(engine)
-    await engine.dispose()
-    worker = SqliteWorker(partial(connect_sqlite, str(tmp_path / "spendgate.db")), max_batch=1)
-    holder = sqlite3.connect(tmp_path / "spendgate.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
+    worker, holder = await _worker_and_lock_holder(tmp_path / "spendgate.db", max_batch=1)
     try:
         writes = [asyncio.create_task(worker.write(lambda db: db.execute("DELETE FROM reservations").rowcount))
                   for _ in range(2)]
@@ -210,13 +214,8 @@ async def test_reads_get_in_ahead_of_more_refused_writes_than_a_batch_holds(sqli
     await worker.close()
 
 
-async def test_a_write_refused_the_lock_past_its_wait_is_unavailable(sqlite_url: str, tmp_path: Path) -> None:
-    engine = create_engine(Settings(database_url=sqlite_url))
-    await upgrade(engine)
-    await engine.dispose()
-    worker = SqliteWorker(partial(connect_sqlite, str(tmp_path / "spendgate.db")), lock_wait_seconds=0.3)
-    holder = sqlite3.connect(tmp_path / "spendgate.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
+async def test_a_write_refused_the_lock_past_its_wait_is_unavailable(tmp_path: Path) -> None:
+    worker, holder = await _worker_and_lock_holder(tmp_path / "spendgate.db", lock_wait_seconds=0.3)
     try:
         with pytest.raises(Unavailable, match="database is locked"):
             await asyncio.wait_for(worker.write(lambda db: db.execute("DELETE FROM reservations")), timeout=5)
