@@ -8,6 +8,7 @@
   asyncpg pool), answered only after the commit, then one EVALSHA of `settle.lua`.
 
 No facts, no policy, no validation models, no metrics: whatever Spendgate spends beyond these is its own.
+Same garbage-collector settings as `spendgate serve` (`spendgate.heap.settle_after_startup`).
 Configured by FLOOR_REDIS_URL and FLOOR_DATABASE_URL (bench code, not the service: no settings class).
 Run by floor.py as `uvicorn floor_apps:<name>` with the same uvicorn settings as `spendgate serve`.
 """
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Request, Response
 
 from _fixtures import decision_inputs
 from spendgate.counters import Hold, RedisCounters, StoredDecision
+from spendgate.heap import settle_after_startup
 from spendgate.ledger_store import _PG_ADD_SPEND, _PG_INSERT_EVENTS
 from spendgate.ledgers import LedgerRef, LedgerSnapshot
 from spendgate.record_batch import BatchItem, RecordBatcher
@@ -60,8 +62,14 @@ def _decision(request_id: str) -> StoredDecision:
     return StoredDecision(request_id, body, LEDGERS, _AMOUNT)
 
 
+@asynccontextmanager
+async def _settled(_app: FastAPI) -> AsyncIterator[None]:
+    settle_after_startup()  # the collector settings `spendgate serve` runs with (heap.py)
+    yield
+
+
 def _hello_app() -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(lifespan=_settled)
 
     @app.post("/v1/authorize")
     async def hello_route() -> Response:
@@ -92,6 +100,7 @@ def _counters_lifespan(app: FastAPI, *, with_database: bool) -> Any:
             url = os.environ["FLOOR_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
             pool = await asyncpg.create_pool(url, min_size=2, max_size=10)
             app.state.batcher = RecordBatcher(_batch_writer(pool))
+        settle_after_startup()  # the collector settings `spendgate serve` runs with (heap.py)
         try:
             yield
         finally:
