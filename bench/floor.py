@@ -180,7 +180,8 @@ class Bench:
         # `spendgate serve` runs uvicorn with loop/http "auto": uvloop and httptools (both installed),
         # access log off — the floors' settings. --workers always: serve's default is one per core.
         command = [str(VENV_BIN / "spendgate"), "serve", "--log-level", "warning", "--workers", str(self.args.workers)]
-        settings = {"SPENDGATE_ADMIN_TOKEN": ADMIN_TOKEN, "SPENDGATE_GATEWAY_TOKEN": GATEWAY_TOKEN}
+        settings = {"SPENDGATE_ADMIN_TOKEN": ADMIN_TOKEN, "SPENDGATE_GATEWAY_TOKEN": GATEWAY_TOKEN,
+                    **dict(item.split("=", 1) for item in self.args.spendgate_setting)}
         if embedded:
             settings["SPENDGATE_DATABASE_URL"] = f"sqlite+aiosqlite:///{self.workdir / 'spendgate.db'}"
         else:
@@ -434,11 +435,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of every target")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of: {', '.join(TARGETS)}")
     parser.add_argument("--skip-sqlite", action="store_true", help="leave out the embedded SQLite run")
+    parser.add_argument("--spendgate-setting", action="append", default=[], metavar="SPENDGATE_X=VALUE",
+                        help="an extra setting for the Spendgate targets, e.g. to compare one switched off (repeatable)")
     parser.add_argument("--smoke", action="store_true", help="seconds per target, for tests: 1 s steps at 4 conns")
     args = parser.parse_args(argv)
     if args.smoke:
         args.connections, args.duration, args.warmup, args.open_loop_seconds = "4", 1.0, 0.0, 1.0
     args.connections = [int(c) for c in str(args.connections).split(",")]
+    if not all(item.startswith("SPENDGATE_") and "=" in item for item in args.spendgate_setting):
+        parser.error("--spendgate-setting takes SPENDGATE_NAME=VALUE")
     args.targets = {t.strip() for t in args.targets.split(",")}
     unknown = args.targets - set(TARGETS)
     if unknown:

@@ -287,23 +287,17 @@ def _configure_logging() -> None:
 
 def _decision_log_off_the_loop() -> None:
     """The decision log (a line per decision, spendgate.decisions) is formatted and written to
-    stderr by a thread: the request only queues the record (the stream's write and flush per line
-    showed in the decision path's profile). Queued lines are written out at exit."""
-    from logging.handlers import QueueHandler, QueueListener
-    from queue import SimpleQueue
-
+    stderr by a thread, a batch per write (log_writer.py): the request only queues the record.
+    Queued lines are written out at exit."""
     from .decisions.observed import DECISION_LOGGER
+    from .log_writer import BatchedStreamHandler
 
     decisions = logging.getLogger(DECISION_LOGGER)
-    if any(isinstance(handler, QueueHandler) for handler in decisions.handlers):
+    if any(isinstance(handler, BatchedStreamHandler) for handler in decisions.handlers):
         return  # configured already (a worker process calls this once more)
-    stderr = logging.StreamHandler()
-    stderr.setFormatter(logging.Formatter(_LOG_FORMAT))
-    lines: SimpleQueue[logging.LogRecord] = SimpleQueue()
-    listener = QueueListener(lines, stderr)
-    listener.start()
-    atexit.register(listener.stop)
-    decisions.addHandler(QueueHandler(lines))
+    writer = BatchedStreamHandler(_LOG_FORMAT)
+    atexit.register(writer.flush)
+    decisions.addHandler(writer)
     decisions.propagate = False
 
 
