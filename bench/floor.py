@@ -15,8 +15,8 @@ access log off, --workers N), one at a time:
 Load: `wrk` (Debian package `wrk`) with bench/wrk/decisions.lua, closed loop, at each --connections
 (authorize: min(C, 2) threads; pairs: one thread per connection so a record always follows its
 authorize's answer). Then an open loop at half each authorize target's best closed-loop rate, from
-this process at a fixed rate with the lean client (bench/_rawhttp.py), latency from the scheduled send
-time (no coordinated omission).
+this process at a fixed rate with the lean client (bench/_rawhttp.py) on uvloop, its connections opened
+beforehand and its garbage collector paused, latency from the scheduled send time (no coordinated omission).
 
 CPU per request: utime+stime from /proc of the server process and its children, plus the redis-server
 (every target that uses it) and the PostgreSQL backends connected to the bench database (alive at both
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import uvloop
 
 from _common import ROOT, VENV_BIN, cpu_seconds, fmt_ms, machine_summary, pct, services
 from _rawhttp import RawClient, RawHTTPError
@@ -53,6 +55,8 @@ from floor_apps import LEDGERS
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 GATEWAY_TOKEN = "bench-gateway-token-0123456789"
+#: Connections the open loop opens (with one request each) before its timetable starts.
+_OPEN_LOOP_WARM = 16
 WRK_SCRIPT = Path(os.environ.get("FLOOR_WRK_SCRIPT", ROOT / "bench" / "wrk" / "decisions.lua"))
 BENCH_DIR = ROOT / "bench"
 
@@ -267,23 +271,39 @@ class Bench:
                       self.cpu_between(before, after))
 
     def open_loop(self, server: Server, *, rate: float, seconds: float, key: str, postgres: bool) -> Result:
-        before = self.snapshot(server, postgres)
-        count, latencies, errors, wall = asyncio.run(self._fixed_rate(server, rate, seconds, key))
+        # The load generator must not pause: a full collection over its thousands of pending tasks
+        # took ~50 ms, and every request due meanwhile showed that as latency (a gc.callbacks probe).
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            before, count, latencies, errors, wall = uvloop.run(self._fixed_rate(server, rate, seconds, key, postgres))
+        finally:
+            gc.enable()
+            gc.unfreeze()
         after = self.snapshot(server, postgres)
         latencies.sort()
         return Result(server.name, "authorize", f"open@{rate:.0f}", count, wall, errors, pct(latencies, 50),
                       pct(latencies, 99), self.cpu_between(before, after))
 
-    async def _fixed_rate(self, server: Server, rate: float, seconds: float, key: str) -> tuple[int, list[float],
-                                                                                                   int, float]:
+    async def _fixed_rate(self, server: Server, rate: float, seconds: float, key: str,
+                          postgres: bool) -> tuple[dict[int, float], int, list[float], int, float]:
         headers = {"authorization": f"Bearer {GATEWAY_TOKEN}", "content-type": "application/json"}
         client = RawClient(server.url, headers, max_connections=256, timeout=10)
         latencies: list[float] = []
         errors = 0
         kinds: Counter[str] = Counter()
         count = max(1, int(rate * seconds))
-        start = time.monotonic() + 0.2
         prefix = f"{self.run_id}-open-{rate:.0f}"
+        # Connections opened before the timetable starts: its first requests would otherwise carry
+        # TCP connects and the server's accepts in their latency.
+        await asyncio.gather(*(
+            client.post("/v1/authorize", json.dumps({"request_id": f"{prefix}-warm-{i}", "api_key": key, "model": "gpt-4o",
+                                                     "estimated_cost": "0.002"}).encode())
+            for i in range(_OPEN_LOOP_WARM)
+        ))
+        before = await asyncio.to_thread(self.snapshot, server, postgres)
+        start = time.monotonic() + 0.2
 
         async def one(index: int, sched: float) -> None:
             nonlocal errors
@@ -311,7 +331,7 @@ class Bench:
         await client.aclose()
         if kinds:
             print(f"  open loop errors: {', '.join(f'{n} × {what}' for what, n in kinds.most_common())}", flush=True)
-        return count, latencies, errors, wall
+        return before, count, latencies, errors, wall
 
     # --- the run ---------------------------------------------------------------------------------
 
