@@ -41,19 +41,23 @@ class LedgerRef:
     #: `<type>:<entity id>:<window or ->:<period start, epoch seconds>` — derived, computed once
     #: (it is looked up many times per decision).
     id: str = field(init=False, repr=False, compare=False)
+    #: `to_json()`'s answer, made on its first call (a decision serialises its ledgers more than once).
+    _json: dict[str, Any] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         ledger_id = f"{self.entity_type}:{self.entity_id}:{self.window or '-'}:{int(self.period_start.timestamp())}"
         object.__setattr__(self, "id", ledger_id)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "entity_type": self.entity_type,
-            "entity_id": self.entity_id,
-            "window": self.window,
-            "period_start": self.period_start.isoformat(),
-            "period_end": self.period_end.isoformat() if self.period_end else None,
-        }
+        if self._json is None:
+            object.__setattr__(self, "_json", {
+                "entity_type": self.entity_type,
+                "entity_id": self.entity_id,
+                "window": self.window,
+                "period_start": self.period_start.isoformat(),
+                "period_end": self.period_end.isoformat() if self.period_end else None,
+            })
+        return dict(self._json)  # type: ignore[arg-type]  # a copy: the caller may add to it
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerRef:

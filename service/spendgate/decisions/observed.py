@@ -73,7 +73,9 @@ def _charges(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _emit(entry: dict[str, Any]) -> None:
-    decision_log.info(orjson.dumps({"decision_id": str(uuid.uuid4()), **entry}, default=str).decode())
+    if "decision_id" not in entry:
+        entry = {"decision_id": str(uuid.uuid4()), **entry}
+    decision_log.info(orjson.dumps(entry, default=str).decode())
 
 
 def _logging(runtime: Runtime) -> bool:
@@ -108,7 +110,7 @@ async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> 
     metrics.count_decision("authorize", body["decision"])
     if body["reasons"]:
         metrics.count_reasons(body["reasons"])
-    decision_id = str(uuid.uuid4())
+    decision_id = str(uuid.uuid4())  # the same in the decision store and the log
     if runtime.background is not None and (body["decision"] == "deny" or body["alerts"]):
         # Off the decision path: queued here, written by the background writer (decision_store/writer.py).
         now = runtime.clock()
