@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -58,6 +59,8 @@ class Runtime:
     authorize_slots: InFlightLimit = field(init=False)
     #: Writes recent decisions and refusal alerts off the decision path (set by the app's lifespan).
     background: BackgroundWriter | None = None
+    #: The ports as the decision routes call them, each stage timed (decisions/observed.py makes them once).
+    timed_ports: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.authorize_slots = InFlightLimit(self.settings.max_authorize_in_flight, self.metrics.authorize_shed)

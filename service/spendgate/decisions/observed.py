@@ -1,16 +1,18 @@
 """authorize and record as the routes call them: measured per stage, counted, and logged.
 
 `authorize`/`record` stay free of instrumentation. Their ports are handed over behind thin
-timing proxies (facts, policy, counters, database), so each stage's time is summed over the
-whole call — authorize may evaluate more than once — and observed once per call.
+timing proxies (facts, policy, counters, database), made once per runtime; each call sums its
+stages' time into a dict of its own (a context variable: every request runs in its own task), so
+a stage is summed over the whole call — authorize may evaluate more than once — and observed
+once per call.
 
 The decision log is one JSON line per decision on the logger `spendgate.decisions`
 (INFO): decision id, request id, phase, decision, policy revision, charges, reasons, alert
 codes, amounts and latency. It never holds the api_key secret or its hash: entries are built
 from the response body and the request's amounts only, never from the request itself. With
 the setting `decision_log` off, or the logger not enabled for INFO, nothing is built; when on,
-a decision costs one `orjson.dumps`. Stdlib logging is synchronous: a deployment that wants the
-handler's I/O off the request path attaches a `logging.handlers.QueueHandler` to the logger.
+a decision costs one `orjson.dumps`; `spendgate serve` writes the lines from a thread of its own
+(log_writer.py).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
+from contextvars import ContextVar
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -42,30 +45,59 @@ DECISION_LOGGER = "spendgate.decisions"
 decision_log = logging.getLogger(DECISION_LOGGER)
 
 
+#: The stage timings of the authorize or record call running in this task.
+_STAGE_TIMINGS: ContextVar[dict[str, float]] = ContextVar("spendgate_stage_timings")
+
+
 class _Timed:
-    """Adds the time spent in every awaited method of `target` to `timings[stage]`."""
+    """`target` with the time of every awaited method added to the running call's `timings[stage]`."""
 
-    __slots__ = ("_target", "_stage", "_timings")
+    __slots__ = ("_target", "_stage", "_methods")
 
-    def __init__(self, target: Any, stage: str, timings: dict[str, float]) -> None:
+    def __init__(self, target: Any, stage: str) -> None:
         self._target = target
         self._stage = stage
-        self._timings = timings
+        self._methods: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
+        made = self._methods.get(name)
+        if made is not None:
+            return made
         attr = getattr(self._target, name)
         if not inspect.iscoroutinefunction(attr):
             return attr
-        stage, timings = self._stage, self._timings
+        stage = self._stage
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
             start = perf_counter()
             try:
                 return await attr(*args, **kwargs)
             finally:
-                timings[stage] = timings.get(stage, 0.0) + perf_counter() - start
+                timings = _STAGE_TIMINGS.get(None)
+                if timings is not None:
+                    timings[stage] = timings.get(stage, 0.0) + perf_counter() - start
 
+        self._methods[name] = timed
         return timed
+
+
+class _TimedPorts(NamedTuple):
+    facts: FactsCache
+    counters: Counters
+    policy: PolicyEngine
+    ledgers: LedgerStore
+
+
+def _ports(runtime: Runtime) -> _TimedPorts:
+    """The runtime's ports behind timing proxies, made once per runtime (its ports never change)."""
+    if runtime.timed_ports is None:
+        runtime.timed_ports = _TimedPorts(
+            cast(FactsCache, _Timed(runtime.facts, "facts")),
+            cast(Counters, _Timed(runtime.counters, "counters")),
+            cast(PolicyEngine, _Timed(runtime.policy, "policy")),
+            cast(LedgerStore, _Timed(runtime.ledgers, "database")),
+        )
+    return cast(_TimedPorts, runtime.timed_ports)
 
 
 def _charges(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -85,14 +117,16 @@ def _logging(runtime: Runtime) -> bool:
 async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> dict[str, Any]:
     """`authorize` with stage timings, decision counts and a decision-log line."""
     metrics = runtime.metrics
+    ports = _ports(runtime)
     timings: dict[str, float] = {}
+    _STAGE_TIMINGS.set(timings)  # this task's own: each request runs in a task of its own
     start = perf_counter()
     try:
         answer = await authorize(
             request=request,
-            facts_cache=cast(FactsCache, _Timed(runtime.facts, "facts", timings)),
-            counters=cast(Counters, _Timed(runtime.counters, "counters", timings)),
-            policy=cast(PolicyEngine, _Timed(runtime.policy, "policy", timings)),
+            facts_cache=ports.facts,
+            counters=ports.counters,
+            policy=ports.policy,
             ttl_seconds=runtime.settings.reservation_ttl,
             clock=runtime.clock,
             figures_max_age=runtime.settings.figures_max_age_seconds,
@@ -136,15 +170,17 @@ async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> 
 async def observed_record(*, runtime: Runtime, request: RecordRequest) -> dict[str, Any]:
     """`record` with stage timings, record/duplicate/conflict counts and a decision-log line."""
     metrics = runtime.metrics
+    ports = _ports(runtime)
     timings: dict[str, float] = {}
+    _STAGE_TIMINGS.set(timings)
     start = perf_counter()
     try:
         body = await record(
             request=request,
-            facts_cache=cast(FactsCache, _Timed(runtime.facts, "facts", timings)),
-            counters=cast(Counters, _Timed(runtime.counters, "counters", timings)),
-            policy=cast(PolicyEngine, _Timed(runtime.policy, "policy", timings)),
-            ledger_store=cast(LedgerStore, _Timed(runtime.ledgers, "database", timings)),
+            facts_cache=ports.facts,
+            counters=ports.counters,
+            policy=ports.policy,
+            ledger_store=ports.ledgers,
             clock=runtime.clock,
         )
     except RecordConflict:
