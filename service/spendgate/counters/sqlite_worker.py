@@ -88,8 +88,10 @@ class SqliteWorker:
         self._max_batch = max_batch
         self._lock_wait = lock_wait_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendgate-sqlite")
-        #: Only ever touched on the worker thread.
+        #: Only ever touched on the worker thread: the connection, and its own busy timeout (ms), which
+        #: reads keep while a write asks for the lock `_LOCK_POLL_MS` at a time.
         self._db: sqlite3.Connection | None = None
+        self._patience = 0
         self._queue: list[_Job] = []
         self._busy = False
         self._closed = False
@@ -178,6 +180,7 @@ class SqliteWorker:
     def _run_batch(self, batch: list[_Job]) -> list[_Outcome]:
         if self._db is None:
             self._db = self._connect()
+            self._patience = int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
         db = self._db
         outcomes: list[_Outcome] = [(False, None)] * len(batch)
         writes: list[int] = []
@@ -194,7 +197,8 @@ class SqliteWorker:
     def _transaction(self, db: sqlite3.Connection, runs: list[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome]:
         """All the writes in one transaction, a savepoint each; if the transaction fails, every one fails.
         The write lock refused (another connection writes): every one is to be tried again."""
-        patience = db.execute("PRAGMA busy_timeout").fetchone()[0]
+        # Each statement gives up the GIL and waits to take it back from the event loop (up to the
+        # switch interval): a batch's statements are kept few.
         db.execute(f"PRAGMA busy_timeout = {_LOCK_POLL_MS}")  # for the lock only: reads keep their patience
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -203,7 +207,7 @@ class SqliteWorker:
                 return [(False, _LockRefused(exc))] * len(runs)
             return [(False, exc)] * len(runs)
         finally:
-            db.execute(f"PRAGMA busy_timeout = {int(patience)}")
+            db.execute(f"PRAGMA busy_timeout = {self._patience}")
         try:
             outcomes = [_in_savepoint(run, db) for run in runs]
             db.execute("COMMIT")
