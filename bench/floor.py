@@ -242,6 +242,15 @@ class Bench:
             await conn.close()
         return [int(row[0]) for row in rows]
 
+    @staticmethod
+    async def _checkpoint() -> None:
+        """PostgreSQL's dirty pages written out now, not by a checkpoint in the middle of the next target."""
+        conn = await asyncpg.connect(services.PG_ADMIN_URL)
+        try:
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
     def snapshot(self, server: Server, postgres: bool) -> dict[int, float]:
         pids = server.pids() + (asyncio.run(self._backend_pids()) if postgres else [])
         return {pid: cpu_seconds([pid]) for pid in pids}
@@ -383,6 +392,7 @@ class Bench:
             if name not in args.targets:
                 continue
             embedded = name == "spendgate sqlite"
+            asyncio.run(self._checkpoint())
             server = self.start_floor(name, app) if app else self.start_spendgate(name, embedded=embedded)
             try:
                 key = self.seed(server) if app is None else "floor"
