@@ -363,6 +363,8 @@ class Bench:
                                     postgres=postgres)
             self.results.append(result)
             print(format_result(result), flush=True)
+        if any(r.errors for r in self.results if r.target == server.name):
+            _print_last_error(server)
 
     def run(self) -> None:
         args = self.args
@@ -441,6 +443,14 @@ def print_ratios(results: list[Result]) -> None:
                 continue
             print(f"ratio {what:<40} conns {connections:>9}  {a.per_second / b.per_second:>6.1%}   "
                   f"CPU ms {a.cpu_ms:.2f} vs {b.cpu_ms:.2f}")
+
+
+def _print_last_error(server: Server) -> None:
+    """The last exception the server logged, so that a step's errors say what they were."""
+    lines = server.log.read_text(errors="replace").splitlines()
+    errors = [line for line in lines if line and not line[0].isspace() and ("Error" in line or "Exception" in line)]
+    if errors:
+        print(f"  {server.name} logged {len(errors)} error lines; the last: {errors[-1][:300]}", flush=True)
 
 
 def _wrk_version() -> str:
