@@ -24,6 +24,7 @@ from spendgate.counters import (
     Figures,
     Hold,
     RedisCounters,
+    ReplicaMemory,
     SqlCounters,
     SqliteCounters,
     StoredDecision,
@@ -254,6 +255,28 @@ async def test_repeating_an_authorize_returns_the_first_decision_and_reserves_no
     assert again == CommitOutcome("duplicate", first.stored)
     assert await harness.replica.prior_decision("r1") == first.stored
     assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 5)}
+
+
+async def test_a_decision_body_with_an_integer_past_64_bits_comes_back_exactly(harness: Harness, daily: Daily) -> None:
+    """Money is text in a body, but a policy's reason may carry any number: stored and answered again
+    as it was answered first, by the store and by a replica's memory (orjson alone refuses to write
+    it, and reads it back as a float)."""
+    ledger = daily("u1")
+    now = datetime.now(timezone.utc)
+
+    def body(request_id: str) -> dict[str, object]:
+        return {"request_id": request_id, "decision": "deny",
+                "reasons": [{"code": "custom", "detail": 2**70 + 1, "below": -(2**65) - 3, "text": "1" * 25}]}
+
+    stored = StoredDecision("big", body("big"), (ledger,), 0)
+    assert (await harness.counters.commit_decision(decision=stored, holds=[], ttl_seconds=TTL, now=now)).status == "committed"
+    assert (await harness.replica.prior_decision("big")).body == body("big")  # type: ignore[union-attr]
+
+    memory = ReplicaMemory(harness.counters, keep_seconds=60)
+    remembered = StoredDecision("big-2", body("big-2"), (ledger,), 0)
+    assert (await memory.commit_decision(decision=remembered, holds=[], ttl_seconds=TTL, now=now)).status == "committed"
+    recalled = await memory.prior_decision("big-2")
+    assert recalled is not None and recalled.body == body("big-2") and recalled.ledgers == (ledger,)
 
 
 async def test_prior_and_read_gives_the_figures_before_a_decision_and_the_decision_after(

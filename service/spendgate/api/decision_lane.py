@@ -18,16 +18,15 @@ left to the framework's stack (where `BodyLimit` answers 413).
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import exact_json
 from ..decisions import AuthorizeRequest, RecordRequest
 from ..decisions.observed import observed_authorize, observed_record
 from ..errors import SpendgateError
@@ -41,12 +40,8 @@ _JSON_TYPE = b"application/json"
 
 
 def encode_answer(body: dict[str, Any]) -> bytes:
-    """The answer's bytes: orjson (a C core); the stdlib only for an integer past 64 bits, which
-    orjson refuses (money is text; a policy's reason detail might not be)."""
-    try:
-        return orjson.dumps(body)
-    except TypeError:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    """The answer's bytes (exact_json: orjson, the stdlib for an integer past 64 bits)."""
+    return exact_json.dumps(body)
 
 
 async def _authorize(runtime: Runtime, request: Any) -> dict[str, Any]:

@@ -26,11 +26,11 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import exact_json
 from ..errors import Unavailable
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, SnapshotLoader, StoredDecision
@@ -63,7 +63,7 @@ def _ledger_ttl(ref: LedgerRef) -> str:
 
 
 def _decision_json(decision: StoredDecision) -> str:
-    return orjson.dumps(
+    return exact_json.dumps(
         {
             "request_id": decision.request_id,
             "body": decision.body,
@@ -74,7 +74,7 @@ def _decision_json(decision: StoredDecision) -> str:
 
 
 def _decision_from_json(raw: Any) -> StoredDecision:
-    data = orjson.loads(raw)
+    data = exact_json.loads(raw)
     return StoredDecision(
         request_id=data["request_id"],
         body=data["body"],

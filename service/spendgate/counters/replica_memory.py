@@ -31,8 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 
-import orjson
-
+from .. import exact_json
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import CommitOutcome, Counters, Figures, Hold, SeenFigures, StoredDecision
 from .holds import decision_json, stored_decision
@@ -66,7 +65,7 @@ class ReplicaMemory:
     def _remember(self, decision: StoredDecision) -> None:
         self._recent[decision.request_id] = (
             self.clock(), decision.amount, tuple(ref.id for ref in decision.ledgers),
-            orjson.dumps(decision_json(decision)),
+            exact_json.dumps(decision_json(decision)),
         )
         self._recent.move_to_end(decision.request_id)
         while len(self._recent) > MAX_REMEMBERED:
@@ -83,7 +82,7 @@ class ReplicaMemory:
 
     def _recall(self, request_id: str) -> StoredDecision | None:
         found = self._recalled(request_id)
-        return None if found is None else stored_decision(request_id, found[1], orjson.loads(found[3]))
+        return None if found is None else stored_decision(request_id, found[1], exact_json.loads(found[3]))
 
     def _saw(self, figures: Mapping[str, Figures], at: float | None = None) -> None:
         if len(self._seen) + len(figures) > MAX_FIGURES:

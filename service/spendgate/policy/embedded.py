@@ -11,9 +11,9 @@ from typing import Any
 # and a policy error is an ordinary event here); library backtraces are never shown anyway.
 os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
 
-import orjson  # noqa: E402
 import regorus  # noqa: E402  (after the environment it reads)
 
+from .. import exact_json
 from ..errors import PolicyError
 from .engine import DECISION_QUERY, PRICING_QUERY, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
 from .loader import PolicySet
@@ -27,11 +27,8 @@ _NO_RULE = "not a valid rule path"
 
 
 def _input_json(input_doc: dict[str, Any]) -> str:
-    """orjson (C core) for the per-call input; the stdlib for an integer past 64 bits, which orjson refuses."""
-    try:
-        return orjson.dumps(input_doc).decode()
-    except TypeError:
-        return json.dumps(input_doc)
+    """The per-call input's text (exact_json: orjson, the stdlib for an integer past 64 bits)."""
+    return exact_json.dumps(input_doc).decode()
 
 
 _LOCATION = re.compile(r"-->\s*(?P<where>\S+:\d+:\d+)")

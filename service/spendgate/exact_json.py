@@ -1,0 +1,36 @@
+"""JSON of the decision path: orjson (a C core) where it is exact, the stdlib where it is not.
+
+orjson refuses to write an integer past 64 bits, and reads one as a float, silently. Money is text
+in every body, but a policy's reason may carry any number, and what the service stores and answers
+again must be what it answered first. So writing falls back to the stdlib when orjson refuses, and
+reading does when the text holds a run of 20 or more digits (an integer past 64 bits has at least
+20; a long digit run inside a string only costs the slower parse).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["dumps", "loads"]
+
+_LONG_DIGITS = re.compile(rb"\d{20}")
+
+
+def dumps(document: Any) -> bytes:
+    """Compact JSON bytes of `document`, integers of any size exact."""
+    try:
+        return orjson.dumps(document)
+    except TypeError:
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def loads(raw: bytes | str) -> Any:
+    """The document of JSON text, integers of any size exact."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _LONG_DIGITS.search(data):
+        return json.loads(data)
+    return orjson.loads(data)
