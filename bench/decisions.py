@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -371,10 +372,19 @@ def _loadgen_main(conn: Any, work: Workload, run_id: str) -> None:
                 if message[0] == "stop":
                     break
                 kind, options = message
-                if kind == "open":
-                    step = await driver.open_loop(**options)
-                else:
-                    step = await driver.closed_loop(**options)
+                # No collector pauses during a step: its full passes over the pending requests took
+                # tens of ms, which the open loop would report as the server's latency (floor.py).
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+                try:
+                    if kind == "open":
+                        step = await driver.open_loop(**options)
+                    else:
+                        step = await driver.closed_loop(**options)
+                finally:
+                    gc.enable()
+                    gc.unfreeze()
                 conn.send(step.result())
         finally:
             await driver.close()
