@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["YOUNG_THRESHOLD", "settle_after_startup"]
+__all__ = ["YOUNG_THRESHOLD", "OLDER_THRESHOLDS", "settle_after_startup"]
 
 #: Allocations between young collections (CPython's default: 700).
 YOUNG_THRESHOLD = 10_000

@@ -49,15 +49,17 @@ class LedgerRef:
         object.__setattr__(self, "id", ledger_id)
 
     def to_json(self) -> dict[str, Any]:
-        if self._json is None:
-            object.__setattr__(self, "_json", {
+        made = self._json
+        if made is None:
+            made = {
                 "entity_type": self.entity_type,
                 "entity_id": self.entity_id,
                 "window": self.window,
                 "period_start": self.period_start.isoformat(),
                 "period_end": self.period_end.isoformat() if self.period_end else None,
-            })
-        return dict(self._json)  # type: ignore[arg-type]  # a copy: the caller may add to it
+            }
+            object.__setattr__(self, "_json", made)
+        return dict(made)  # a copy: the caller may add to it
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerRef:

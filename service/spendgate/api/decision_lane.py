@@ -34,14 +34,9 @@ from ..runtime import Runtime
 from .auth import token_matches
 from .json_body import parse_json
 
-__all__ = ["DecisionLane", "encode_answer"]
+__all__ = ["DecisionLane"]
 
 _JSON_TYPE = b"application/json"
-
-
-def encode_answer(body: dict[str, Any]) -> bytes:
-    """The answer's bytes (exact_json: orjson, the stdlib for an integer past 64 bits)."""
-    return exact_json.dumps(body)
 
 
 async def _authorize(runtime: Runtime, request: Any) -> dict[str, Any]:
@@ -134,7 +129,7 @@ class DecisionLane:
                 response = await response
             await response(scope, receive, send)
             return
-        content = encode_answer(answer)
+        content = exact_json.dumps(answer)  # orjson; the stdlib for an integer past 64 bits
         await send({
             "type": "http.response.start",
             "status": 200,

@@ -11,12 +11,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 
+from .. import exact_json
 from ..decisions import AuthorizeRequest, RecordRequest
 from ..decisions.observed import observed_authorize, observed_record
 from ..decisions.responses import AuthorizeResponse, RecordResponse
 from .auth import require_gateway
 from .deps import RuntimeDep
-from .decision_lane import encode_answer
 from .json_body import JsonRoute
 from .responses import error_responses
 
@@ -32,7 +32,7 @@ router = APIRouter(
 
 
 def _json(body: dict[str, Any]) -> Response:
-    return Response(encode_answer(body), media_type="application/json")
+    return Response(exact_json.dumps(body), media_type="application/json")
 
 
 # The answers are published with `responses=` (OpenAPI only): a `response_model` would
