@@ -8,7 +8,7 @@ package spendgate.admission
 
 # Rules are imported one by one, not as `import data.spendgate.attribution`: regorus evaluates
 # every rule of a package referenced through a package import, which made each decision slower.
-import data.spendgate.attribution.charges
+import data.spendgate.attribution.charged_ledgers
 import data.spendgate.attribution.entities
 import data.spendgate.lib
 
@@ -20,8 +20,8 @@ _estimate := input.request.estimated_cost
 
 # A positive estimate must fit under the limit; without one (null or 0) the ledger must not be full.
 _has_estimate if {
-	is_number(_estimate)
-	_estimate > 0
+	is_number(input.request.estimated_cost) # not _estimate: a default rule costs the embedded engine more
+	input.request.estimated_cost > 0
 }
 
 # The knob from policies/data.json; absent (or anything but true) means false.
@@ -44,25 +44,27 @@ reasons contains {
 	"entity": {"type": "key", "id": null},
 	"message": "the API key matches no live key",
 } if {
-	not _key
+	not _key # a rule, not `not is_object(input.key)`: with input.key absent OPA leaves that undefined
 }
 
 # The key and the entities it belongs to or the request names: their input fields are named
 # after their entity types.
-reasons contains _blocked_reason(field, doc.id) if {
-	_key
-	some field, doc in object.filter(input, {"key", "user", "team", "team_member", "end_user"})
-	doc.blocked == true
+reasons contains _blocked_reason(field, input[field].id) if {
+	input.key.id
+	some field in ["key", "user", "team", "team_member", "end_user"]
+	input[field].blocked == true
 }
 
-reasons contains _blocked_reason("org", entity.id) if {
-	some entity in entities
-	entity.type == "org"
-	input.orgs[entity.id].blocked == true
+# Only the orgs the request charges (input.orgs may hold the user's org that a team key does not charge).
+reasons contains _blocked_reason("org", id) if {
+	is_object(input.orgs)
+	some id, org in input.orgs
+	org.blocked == true
+	{"type": "org", "id": id} in entities
 }
 
 reasons contains _blocked_reason("tag", tag.id) if {
-	_key
+	input.key.id
 	is_array(input.tags)
 	some tag in input.tags
 	tag.blocked == true
@@ -70,46 +72,39 @@ reasons contains _blocked_reason("tag", tag.id) if {
 
 reasons contains {
 	"code": "key_expired",
-	"entity": {"type": "key", "id": _key.id},
-	"message": sprintf("key %s expired at %s", [_key.id, _expiry_text(_key)]),
+	"entity": {"type": "key", "id": input.key.id},
+	"message": sprintf("key %s expired at %s", [input.key.id, _expiry_text(input.key)]),
 } if {
-	is_number(_key.expires_at_ns)
+	is_number(input.key.expires_at_ns)
 	is_number(input.request.now_ns)
-	input.request.now_ns >= _key.expires_at_ns
+	input.request.now_ns >= input.key.expires_at_ns
 }
 
 reasons contains {
 	"code": "model_not_allowed",
-	"entity": {"type": "key", "id": _key.id},
-	"message": _model_message(_key.id, input.request.model, _key.models),
+	"entity": {"type": "key", "id": input.key.id},
+	"message": _model_message(input.key.id, input.request.model, input.key.models),
 } if {
-	is_array(_key.models)
-	count(_key.models) > 0
-	not input.request.model in _key.models
+	is_array(input.key.models)
+	count(input.key.models) > 0
+	not input.request.model in input.key.models
 }
 
 reasons contains _budget_reason(ledger) if {
 	_has_estimate
-	charged := charges # bound once: a rule referenced inside the loop is looked up per ledger
-	some ledger in _ledgers
+	estimate := input.request.estimated_cost
+	some ledger in charged_ledgers
 	ledger.limit != null
-	ledger.id in charged
-	ledger.spent + ledger.reserved + _estimate > ledger.limit
+	ledger.spent + ledger.reserved + estimate > ledger.limit
 }
 
 reasons contains _budget_reason(ledger) if {
 	not _has_estimate
 	not _zero_estimate_admitted
-	charged := charges
-	some ledger in _ledgers
+	some ledger in charged_ledgers
 	ledger.limit != null
-	ledger.id in charged
 	ledger.spent + ledger.reserved >= ledger.limit
 }
-
-default _ledgers := []
-
-_ledgers := input.ledgers if is_array(input.ledgers)
 
 _blocked_reason(type, id) := {
 	"code": "key_blocked",
@@ -185,9 +180,7 @@ alerts contains {
 	"spent": lib.amount_text(ledger, "spent"),
 	"soft_budget": lib.amount_text(ledger, "soft_budget"),
 } if {
-	charged := charges
-	some ledger in _ledgers
+	some ledger in charged_ledgers
 	ledger.soft_budget != null
-	ledger.id in charged
 	ledger.spent >= ledger.soft_budget
 }

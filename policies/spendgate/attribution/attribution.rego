@@ -8,19 +8,17 @@
 #   change this package and its tests; the service follows.
 package spendgate.attribution
 
-_key := input.key if is_object(input.key)
-
 # METADATA
 # title: Kind of API key
 # description: >-
 #   "team" when the key has a team_id (with or without a user), "personal" when it has
 #   only a user_id, "service" when it has neither (a missing field counts as null);
 #   undefined when the request carries no live key (input.key null).
-key_kind := "team" if _key.team_id != null
+key_kind := "team" if input.key.team_id != null
 
-else := "personal" if _key.user_id != null
+else := "personal" if input.key.user_id != null
 
-else := "service" if _key
+else := "service" if is_object(input.key)
 
 # METADATA
 # title: Charged entities
@@ -32,11 +30,15 @@ else := "service" if _key
 #   knob data.spendgate.config.team_keys_charge_user is true. An org reached both ways is
 #   one entity, so it is charged once. No key, no entities.
 # scope: document
-entities contains {"type": "key", "id": _key.id}
+#
+# The bodies read input.key directly (a null or absent key has no fields, so every body
+# that reads one is undefined for it): each reference to a rule costs the embedded engine
+# more than a field of the input, and these bodies run on every decision.
+entities contains {"type": "key", "id": input.key.id}
 
-entities contains {"type": "user", "id": _key.user_id} if {
+entities contains {"type": "user", "id": input.key.user_id} if {
 	_charges_user
-	_key.user_id != null
+	input.key.user_id != null
 }
 
 entities contains {"type": "org", "id": input.user.org_id} if {
@@ -44,46 +46,52 @@ entities contains {"type": "org", "id": input.user.org_id} if {
 	input.user.org_id != null
 }
 
-entities contains {"type": "team", "id": _key.team_id} if key_kind == "team"
+entities contains {"type": "team", "id": input.key.team_id} if input.key.team_id != null
 
-entities contains {"type": "team_member", "id": input.team_member.id} if key_kind == "team"
+entities contains {"type": "team_member", "id": input.team_member.id} if input.key.team_id != null
 
 entities contains {"type": "org", "id": input.team.org_id} if {
-	key_kind == "team"
+	input.key.team_id != null
 	input.team.org_id != null
 }
 
 entities contains {"type": "end_user", "id": input.request.end_user} if {
-	_key
+	input.key.id
 	input.request.end_user != null
 }
 
 entities contains {"type": "tag", "id": tag} if {
-	_key
+	input.key.id
 	is_array(input.request.tags)
 	some tag in input.request.tags
 }
 
-entities contains {"type": "key_model", "id": concat("/", [_key.id, input.request.model])} if {
+entities contains {"type": "key_model", "id": concat("/", [input.key.id, input.request.model])} if {
 	input.request.model != null
 }
 
 _charges_user if key_kind == "personal"
 
 _charges_user if {
-	key_kind == "team"
 	data.spendgate.config.team_keys_charge_user == true # the knob; absent means false
+	key_kind == "team"
 }
 
 # METADATA
 # title: Charged ledgers
 # description: >-
-#   The set of ids of the candidate ledgers (input.ledgers) whose entity is charged:
+#   The candidate ledgers (input.ledgers entries, in input order) whose entity is charged:
 #   every budget window of every charged entity. Ledgers of other candidates, such as a
 #   team-key user's personal ledgers under the shipped configuration, are not charged.
-charges contains ledger.id if {
+#   Admission checks and alerts on exactly these.
+charged_ledgers := [ledger |
 	charged := entities # bound once: a rule referenced inside the loop is looked up per ledger
 	is_array(input.ledgers)
 	some ledger in input.ledgers
-	{"type": ledger.entity.type, "id": ledger.entity.id} in charged
-}
+	ledger.entity in charged # INTERFACE.md: a ledger's entity is exactly {"type", "id"}
+]
+
+# METADATA
+# title: Charged ledger ids
+# description: The set of the ids of charged_ledgers.
+charges := {ledger.id | some ledger in charged_ledgers}

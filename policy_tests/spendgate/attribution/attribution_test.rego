@@ -175,3 +175,20 @@ test_charges_unchanged_when_knob_set_for_personal_key if {
 test_entities_are_type_and_id_when_team_key if {
 	{"type": "team_member", "id": "t1/u1"} in attribution.entities with input as fixtures.team_key_input
 }
+
+# --- charged_ledgers: the input entries admission checks
+
+test_charged_ledgers_are_the_input_entries_of_charges_in_input_order if {
+	doc := fixtures.team_key_input
+	ledgers := attribution.charged_ledgers with input as doc with data.spendgate.config.team_keys_charge_user as false
+	charged := attribution.charges with input as doc with data.spendgate.config.team_keys_charge_user as false
+	ledgers == [ledger | some ledger in doc.ledgers; ledger.id in charged]
+	count(ledgers) == count(charged)
+	some personal in doc.ledgers
+	personal.id == "user:u1"
+	not personal in ledgers
+}
+
+test_charged_ledgers_empty_when_ledgers_null if {
+	attribution.charged_ledgers == [] with input as object.union(fixtures.team_key_input, {"ledgers": null})
+}
