@@ -7,7 +7,7 @@ import io
 import logging
 import threading
 
-from spendgate.log_writer import BatchedStreamHandler
+from spendgate.log_writer import BatchedStreamHandler, sole_writer
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -60,3 +60,53 @@ def test_a_closed_stream_does_not_stop_the_writer() -> None:
     handler.handle(_records(1)[0])
     handler.flush()
     assert stream.writes == 2
+
+
+def test_a_line_written_without_a_record_is_the_line_the_record_would_make() -> None:
+    stream = _CountingStream()
+    handler = BatchedStreamHandler(FORMAT, stream)
+    assert handler.writes_direct
+    record = _records(1)[0]
+    handler.handle(record)
+    handler.write_info("spendgate.decisions", '{"n":0}')
+    handler.flush()
+    by_record, direct = stream.getvalue().splitlines()
+    assert by_record == logging.Formatter(FORMAT).format(record)
+    # the same text but the time stamp, which is the write's own (same shape: date, time, milliseconds)
+    assert direct.split(" ", 2)[2] == by_record.split(" ", 2)[2]
+    assert [len(part) for part in direct.split(" ", 2)[:2]] == [10, 12]
+    # and the time stamp is the one a record made at that instant would carry
+    created = 1_795_922_784.987654
+    stamped = logging.LogRecord("spendgate.decisions", logging.INFO, __file__, 1, "x", None, None)
+    stamped.created, stamped.msecs = created, int((created - int(created)) * 1000) + 0.0
+    assert handler._line_maker.line(created, "INFO", "spendgate.decisions", "x") == logging.Formatter(FORMAT).format(stamped)
+
+
+def _logger_with(handler: logging.Handler, name: str = "spendgate.test-sole-writer") -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.filters[:] = []
+    logger.propagate = False
+    return logger
+
+
+def test_sole_writer_is_found_only_while_it_is_the_loggers_only_way_out() -> None:
+    handler = BatchedStreamHandler(FORMAT, _CountingStream())
+    logger = _logger_with(handler)
+    assert sole_writer(logger) is handler
+    logger.propagate = True  # the root's handlers (e.g. pytest's caplog) would miss direct lines
+    assert sole_writer(logger) is None
+    logger.propagate = False
+    other = logging.StreamHandler(io.StringIO())
+    logger.addHandler(other)
+    assert sole_writer(logger) is None
+    logger.removeHandler(other)
+    logger.addFilter(lambda record: True)
+    assert sole_writer(logger) is None
+    logger.filters[:] = []
+    handler.setLevel(logging.WARNING)
+    assert sole_writer(logger) is None
+    handler.setLevel(logging.NOTSET)
+    assert sole_writer(logger) is handler
+    # a format naming a field a direct line cannot fill (the caller's line number) needs records
+    assert sole_writer(_logger_with(BatchedStreamHandler("%(lineno)d %(message)s", _CountingStream()))) is None

@@ -12,7 +12,7 @@ codes, amounts and latency. It never holds the api_key secret or its hash: entri
 from the response body and the request's amounts only, never from the request itself. With
 the setting `decision_log` off, or the logger not enabled for INFO, nothing is built; when on,
 a decision costs one `orjson.dumps`; `spendgate serve` writes the lines from a thread of its own
-(log_writer.py).
+(log_writer.py), handed to it without a LogRecord while that thread is the logger's only way out.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..decision_store import row_from_answer
 from ..errors import RecordConflict, SpendgateError
 from ..facts import FactsCache
 from ..ledger_store import LedgerStore
+from ..log_writer import sole_writer
 from ..money import format_nanos
 from ..policy import PolicyEngine
 from ..runtime import Runtime
@@ -107,7 +108,12 @@ def _charges(body: dict[str, Any]) -> list[dict[str, Any]]:
 def _emit(entry: dict[str, Any]) -> None:
     if "decision_id" not in entry:
         entry = {"decision_id": str(uuid.uuid4()), **entry}
-    decision_log.info(orjson.dumps(entry, default=str).decode())
+    line = orjson.dumps(entry, default=str).decode()
+    writer = sole_writer(decision_log)  # `spendgate serve`'s writer thread: the line, without a LogRecord
+    if writer is not None:
+        writer.write_info(DECISION_LOGGER, line)
+    else:
+        decision_log.info(line)
 
 
 def _logging(runtime: Runtime) -> bool:
