@@ -12,8 +12,6 @@ import data.spendgate.attribution.charged_ledgers
 import data.spendgate.attribution.entities
 import data.spendgate.lib
 
-_key := input.key if is_object(input.key)
-
 default _estimate := null
 
 _estimate := input.request.estimated_cost
@@ -44,7 +42,8 @@ reasons contains {
 	"entity": {"type": "key", "id": null},
 	"message": "the API key matches no live key",
 } if {
-	not _key # a rule, not `not is_object(input.key)`: with input.key absent OPA leaves that undefined
+	# object.get: with input.key absent, OPA leaves `not is_object(input.key)` undefined (regorus: true)
+	not is_object(object.get(input, "key", null))
 }
 
 # The key and the entities it belongs to or the request names: their input fields are named
