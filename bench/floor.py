@@ -249,8 +249,7 @@ class Bench:
     async def _checkpoint() -> None:
         """PostgreSQL quiet before the next target: autovacuum done with what the last target wrote (up to
         `_QUIET_WAIT_SECONDS`), then the dirty pages written out now, not by a checkpoint in the middle of it.
-        On two cores an autovacuum worker still busy with the pair steps' writes was in the tail of the
-        target after them (the SQLite target's p99: ~23 ms after the PostgreSQL targets, ~13 ms alone)."""
+        On two cores a vacuum of the pair steps' writes would otherwise run inside the next target."""
         conn = await asyncpg.connect(services.PG_ADMIN_URL)
         try:
             deadline = time.monotonic() + _QUIET_WAIT_SECONDS
