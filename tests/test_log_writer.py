@@ -7,6 +7,8 @@ import io
 import logging
 import threading
 
+import pytest
+
 from spendgate.log_writer import BatchedStreamHandler, sole_writer
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -62,7 +64,7 @@ def test_a_closed_stream_does_not_stop_the_writer() -> None:
     assert stream.writes == 2
 
 
-def test_a_line_written_without_a_record_is_the_line_the_record_would_make() -> None:
+def test_a_line_written_without_a_record_is_the_line_the_record_would_make(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = _CountingStream()
     handler = BatchedStreamHandler(FORMAT, stream)
     assert handler.writes_direct
@@ -75,11 +77,12 @@ def test_a_line_written_without_a_record_is_the_line_the_record_would_make() -> 
     # the same text but the time stamp, which is the write's own (same shape: date, time, milliseconds)
     assert direct.split(" ", 2)[2] == by_record.split(" ", 2)[2]
     assert [len(part) for part in direct.split(" ", 2)[:2]] == [10, 12]
-    # and the time stamp is the one a record made at that instant would carry
-    created = 1_795_922_784.987654
-    stamped = logging.LogRecord("spendgate.decisions", logging.INFO, __file__, 1, "x", None, None)
-    stamped.created, stamped.msecs = created, int((created - int(created)) * 1000) + 0.0
-    assert handler._line_maker.line(created, "INFO", "spendgate.decisions", "x") == logging.Formatter(FORMAT).format(stamped)
+    # and the time stamp is the one the stdlib gives a record made at that instant (its own msecs rounding)
+    for created in (1_795_922_784.987654, 1_795_922_784.0009, 1_795_922_785.999999):
+        monkeypatch.setattr(logging.time, "time", lambda: created)
+        stamped = logging.LogRecord("spendgate.decisions", logging.INFO, __file__, 1, "x", None, None)
+        made = handler._line_maker.line(created, "INFO", "spendgate.decisions", "x")
+        assert made == logging.Formatter(FORMAT).format(stamped)
 
 
 def _logger_with(handler: logging.Handler, name: str = "spendgate.test-sole-writer") -> logging.Logger:

@@ -22,6 +22,7 @@ let it propagate, and `sole_writer` finds none: every line then goes through `Lo
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -66,7 +67,7 @@ class _SecondCachedFormatter(logging.Formatter):
 
 def _fields(fmt: str) -> set[str]:
     """The record fields a %-style format names (`%(name)s` → `name`)."""
-    return {name for name in fmt.split("%(")[1:] for name in [name.split(")", 1)[0]]}
+    return set(re.findall(r"%\((\w+)\)", fmt))
 
 
 class BatchedStreamHandler(logging.Handler):
