@@ -3,11 +3,13 @@ percentiles and per-process CPU accounting (from /proc). Nothing here is timed."
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import platform
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -119,3 +121,18 @@ def machine_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / _TICKS
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """A load generator's step without garbage-collector pauses: a full collection over its thousands
+    of pending requests took ~50 ms, which an open loop reports as the server's latency (a gc.callbacks
+    probe). What exists before the step is frozen out of the collector's sight, then it is off."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import multiprocessing as mp
 import os
@@ -43,6 +42,7 @@ from _rawhttp import RawClient, RawHTTPError
 from _common import (
     ROOT,
     VENV_BIN,
+    collector_paused,
     cpu_seconds,
     fmt_ms,
     machine_busy_seconds,
@@ -372,19 +372,11 @@ def _loadgen_main(conn: Any, work: Workload, run_id: str) -> None:
                 if message[0] == "stop":
                     break
                 kind, options = message
-                # No collector pauses during a step: its full passes over the pending requests took
-                # tens of ms, which the open loop would report as the server's latency (floor.py).
-                gc.collect()
-                gc.freeze()
-                gc.disable()
-                try:
+                with collector_paused():  # no collector pauses during a step (_common.collector_paused)
                     if kind == "open":
                         step = await driver.open_loop(**options)
                     else:
                         step = await driver.closed_loop(**options)
-                finally:
-                    gc.enable()
-                    gc.unfreeze()
                 conn.send(step.result())
         finally:
             await driver.close()

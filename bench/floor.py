@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import shutil
@@ -50,7 +49,7 @@ import asyncpg
 import httpx
 import uvloop
 
-from _common import ROOT, VENV_BIN, cpu_seconds, fmt_ms, machine_summary, pct, services
+from _common import ROOT, VENV_BIN, collector_paused, cpu_seconds, fmt_ms, machine_summary, pct, services
 from _rawhttp import RawClient, RawHTTPError
 from floor_apps import LEDGERS
 
@@ -291,16 +290,8 @@ class Bench:
                       self.cpu_between(before, after))
 
     def open_loop(self, server: Server, *, rate: float, seconds: float, key: str, postgres: bool) -> Result:
-        # The load generator must not pause: a full collection over its thousands of pending tasks
-        # took ~50 ms, and every request due meanwhile showed that as latency (a gc.callbacks probe).
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        try:
+        with collector_paused():  # the load generator must not pause (_common.collector_paused)
             before, count, latencies, errors, wall = uvloop.run(self._fixed_rate(server, rate, seconds, key, postgres))
-        finally:
-            gc.enable()
-            gc.unfreeze()
         after = self.snapshot(server, postgres)
         latencies.sort()
         return Result(server.name, "authorize", f"open@{rate:.0f}", count, wall, errors, pct(latencies, 50),
