@@ -497,21 +497,20 @@ async def test_an_unreachable_redis_is_reported_as_unavailable(
     await on_redis.counters.ping()
 
 
-@pytest.mark.parametrize("kind", ["sql_sqlite", "sqlite"])
-async def test_sql_counters_forget_settled_decisions_after_the_idempotency_window(sqlite_url: str, kind: str) -> None:
-    harness = await (sqlite_harness(sqlite_url) if kind == "sqlite" else sql_harness(sqlite_url, migrate=True))
-    try:
-        ledger = never_resets("k1")
-        start = datetime.now(timezone.utc)
-        await authorize(harness.counters, "old", [(ledger, None)], 5, now=start, ttl=60)
-        await authorize(harness.counters, "open", [(ledger, None)], 2, now=start, ttl=10 * 24 * 3600)
+@pytest.mark.parametrize("backend", ["sql_postgres", "sql_sqlite", "sqlite"], indirect=True)
+async def test_sql_counters_forget_settled_decisions_after_the_idempotency_window(harness: Harness) -> None:
+    ledger = never_resets("k1")
+    start = datetime.now(timezone.utc)
+    await authorize(harness.counters, "old", [(ledger, None)], 5, now=start, ttl=60)
+    await authorize(harness.counters, "open", [(ledger, None)], 2, now=start, ttl=10 * 24 * 3600)
 
-        await harness.counters.expire(now=start + timedelta(hours=1))
-        assert await harness.counters.prior_decision("old") is not None  # released, still remembered
-        await harness.counters.expire(now=start + timedelta(hours=25))
+    await harness.counters.expire(now=start + timedelta(hours=1))
+    assert await harness.counters.prior_decision("old") is not None  # released, still remembered
+    await harness.counters.expire(now=start + timedelta(hours=23, minutes=59))
+    assert await harness.counters.prior_decision("old") is not None  # a day after it was made, not before
+    # 25 h after it was made, 25 h less a minute after its hold expired: past the 24 h window either way
+    await harness.counters.expire(now=start + timedelta(hours=25))
 
-        assert await harness.counters.prior_decision("old") is None
-        assert await harness.counters.prior_decision("open") is not None  # never forgets an open hold
-        assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 2)}
-    finally:
-        await dispose(harness)
+    assert await harness.counters.prior_decision("old") is None
+    assert await harness.counters.prior_decision("open") is not None  # never forgets an open hold
+    assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 2)}

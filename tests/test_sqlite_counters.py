@@ -275,16 +275,26 @@ async def test_the_embedded_default_runs_on_the_sqlite_adapter(
     await app.runtime.counters.ping()
 
 
-def _sweep_steps(path: Path, open_reservations: int) -> int:
-    """SQLite VM instructions (in thousands) one expiry sweep runs with `open_reservations` open and none due."""
+def _sweep_steps(path: Path, *, open_reservations: int = 0, kept_decisions: int = 0) -> int:
+    """SQLite VM instructions (in thousands) of one expiry sweep at noon, with none due and none to forget.
+
+    Open reservations hold until the next day; kept decisions were settled an hour ago (their hold
+    expiring at noon), inside the 24 h the sweep keeps them."""
     from spendgate.counters.sqlite_counters import _expire
 
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM reservations")
-        db.executemany(
+        insert = (
             "INSERT INTO reservations (request_id, amount, charges, decision, expires_at, released, created_at)"
-            " VALUES (?, 5, '[]', '{}', '2026-01-02 00:00:00.000000', 0, '2026-01-01 00:00:00.000000')",
-            [(f"open-{i}",) for i in range(open_reservations)],
+            " VALUES (?, 5, '[]', '{}', ?, ?, ?)"
+        )
+        db.executemany(
+            insert,
+            [(f"open-{i}", "2026-01-02 00:00:00.000000", 0, "2026-01-01 11:00:00.000000") for i in range(open_reservations)],
+        )
+        db.executemany(
+            insert,
+            [(f"kept-{i}", "2026-01-01 12:00:00.000000", 1, "2026-01-01 11:00:00.000000") for i in range(kept_decisions)],
         )
         db.commit()
         steps = 0
@@ -298,6 +308,8 @@ def _sweep_steps(path: Path, open_reservations: int) -> int:
         released = _expire(db, datetime(2026, 1, 1, 12, tzinfo=timezone.utc), 500)
         db.set_progress_handler(None, 0)
         assert released == 0
+        left = db.execute("SELECT count(*) FROM reservations").fetchone()[0]
+        assert left == open_reservations + kept_decisions  # nothing was due, nothing forgotten
         return steps
 
 
@@ -306,5 +318,15 @@ async def test_an_expiry_sweep_does_not_walk_every_open_reservation(tmp_path: Pa
     not what is open (it walked every open reservation once, ~28 ms at 40,000: the embedded default's p99)."""
     path = tmp_path / "sweep.db"
     await _migrated(path)
-    few, many = _sweep_steps(path, 200), _sweep_steps(path, 20_000)
+    few, many = _sweep_steps(path, open_reservations=200), _sweep_steps(path, open_reservations=20_000)
     assert many <= few + 2, f"{many}k VM steps with 20,000 open reservations against {few}k with 200"
+
+
+async def test_an_expiry_sweep_does_not_walk_every_kept_decision(tmp_path: Path) -> None:
+    """Settled decisions are kept a day for idempotency: a day of traffic. Finding the ones past that
+    day must not read all of them each second (it did: the forget step filtered on created_at, which
+    no index leads with)."""
+    path = tmp_path / "sweep.db"
+    await _migrated(path)
+    few, many = _sweep_steps(path, kept_decisions=200), _sweep_steps(path, kept_decisions=20_000)
+    assert many <= few + 2, f"{many}k VM steps with 20,000 kept decisions against {few}k with 200"

@@ -53,9 +53,12 @@ _RELEASE_DUE = (
     " RETURNING amount, charges"
 )
 _UNRESERVE = "UPDATE ledgers SET reserved = CASE WHEN reserved > ? THEN reserved - ? ELSE 0 END WHERE ledger_id = ?"
+# By `expires_at`, not `created_at`: a range of ix_reservations_open_expiry. No index leads with
+# `created_at`, so SQLite walked every kept decision (a day's worth) on each sweep. A hold expires at or
+# after its decision was made, so each decision is still kept at least the idempotency window.
 _FORGET = (
     "DELETE FROM reservations WHERE request_id IN"
-    " (SELECT request_id FROM reservations WHERE released = 1 AND created_at < ? LIMIT ?)"
+    " (SELECT request_id FROM reservations WHERE released = 1 AND expires_at < ? LIMIT ?)"
 )
 
 
