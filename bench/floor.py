@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +233,22 @@ class Bench:
         print(f"({server.name}: each request holds {len(held)} ledgers: {', '.join(held)})", flush=True)
         return str(secret)
 
+    def keep_decisions(self, count: int) -> None:
+        """`count` settled decisions in the embedded target's reservations table, made over the last day
+        (as many a day of traffic leaves there): what its once-a-second expiry sweep has to look past."""
+        now = time.time()
+        stamp = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's DateTime text in SQLite
+
+        def at(seconds_ago: float) -> str:
+            return datetime.fromtimestamp(now - seconds_ago, timezone.utc).strftime(stamp)
+
+        rows = [(f"kept-{i}", at(i * 85_000 / count), at(i * 85_000 / count + 600)) for i in range(count)]
+        with sqlite3.connect(self.workdir / "spendgate.db", timeout=30) as db:
+            db.executemany(
+                "INSERT INTO reservations (request_id, amount, charges, decision, expires_at, released, created_at)"
+                " VALUES (?, 0, '[]', '{}', ?, 1, ?)", rows)
+        print(f"({count:,} settled decisions of the last day put in the embedded database)", flush=True)
+
     # --- CPU -------------------------------------------------------------------------------------
 
     async def _backend_pids(self) -> list[int]:
@@ -403,6 +421,8 @@ class Bench:
             server = self.start_floor(name, app) if app else self.start_spendgate(name, embedded=embedded)
             try:
                 key = self.seed(server) if app is None else "floor"
+                if embedded and args.kept_decisions:
+                    self.keep_decisions(args.kept_decisions)
                 self.measure(server, modes=modes, key=key, postgres=not embedded and app != "hello",
                              open_loop=open_loop)
             finally:
@@ -480,6 +500,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of every target")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of: {', '.join(TARGETS)}")
     parser.add_argument("--skip-sqlite", action="store_true", help="leave out the embedded SQLite run")
+    parser.add_argument("--kept-decisions", type=int, default=0, metavar="N",
+                        help="settled decisions already in the embedded target's database, as a day of traffic leaves "
+                             "them (kept 24 h for idempotency); 0: a fresh database")
     parser.add_argument("--spendgate-setting", action="append", default=[], metavar="SPENDGATE_X=VALUE",
                         help="an extra setting for the Spendgate targets, e.g. to compare one switched off (repeatable)")
     parser.add_argument("--smoke", action="store_true", help="seconds per target, for tests: 1 s steps at 4 conns")

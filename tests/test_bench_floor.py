@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 def test_floor_smoke_run_prints_a_row_and_a_ratio_for_every_target() -> None:
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "floor.py"), "--smoke"],
+        [sys.executable, str(ROOT / "bench" / "floor.py"), "--smoke", "--kept-decisions", "1000"],
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -32,6 +32,7 @@ def test_floor_smoke_run_prints_a_row_and_a_ratio_for_every_target() -> None:
                          ("spendgate", "authorize"), ("spendgate", "pair"), ("spendgate sqlite", "authorize")):
         words = target.split()
         assert any(row[: len(words) + 1] == [*words, mode] for row in rows), f"no {target} {mode} row:\n{run.stdout}"
+    assert "(1,000 settled decisions of the last day put in the embedded database)" in run.stdout, run.stdout
     ratios = [line for line in run.stdout.splitlines() if line.startswith("ratio ")]
     for comparison in ("spendgate authorize / http floor", "spendgate authorize / authorize floor",
                        "spendgate pairs / pair floor", "sqlite authorize / pg+redis authorize"):
