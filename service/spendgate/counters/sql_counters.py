@@ -28,7 +28,22 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, case, delete, false, literal_column, or_, select, text, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    any_,
+    case,
+    delete,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -56,46 +71,58 @@ def _room(limit: int, amount: int) -> ColumnElement[bool]:
     return held + amount <= limit if amount > 0 else held < limit
 
 
-# The sweep runs every second, so each statement's work must follow what is due, not what is kept:
-# both are range reads of ix_reservations_open_expiry (released, expires_at), and the release looks
-# the due rows up by primary key. `request_id IN (SELECT …)` in one statement let PostgreSQL hash-join
-# every open reservation (7.5 ms a sweep at 20,000 open) and SQLite walk them all; a decision kept by
-# `created_at`, which no index leads with, meant a scan of every kept decision (45 ms at 220,000).
+# The sweep runs every second, so its work must follow what is due, not what the table keeps (every
+# open reservation and a day of settled decisions). Each statement is one write (the rule above), whose
+# subquery reads a range of ix_reservations_open_expiry (released, expires_at) and whose outer rows are
+# looked up by primary key. With `request_id IN (SELECT …) AND released = false`, PostgreSQL hash-joined
+# every open reservation (7.5 ms a sweep at 20,000) and SQLite walked them through the expiry index; the
+# old forget step filtered on `created_at`, which no index leads with: a scan of every kept decision
+# (45.8 ms at 220,000). tests/test_sql_counters_sweep.py counts the rows each statement reads.
 
 
-def _due(now: datetime, limit: int) -> Any:
-    """The ids of open reservations whose hold has expired, oldest first."""
-    return (
+def _by_id_in(subquery: Any, dialect: str) -> ColumnElement[bool]:
+    """request_id among the subquery's ids, written so each database looks them up by primary key."""
+    if dialect == "postgresql":  # = ANY(ARRAY(…)): an InitPlan, then an index lookup per id
+        return _reservations.c.request_id == any_(func.array(subquery.scalar_subquery()))
+    return _reservations.c.request_id.in_(subquery.scalar_subquery())
+
+
+def _open_guard(dialect: str) -> ColumnElement[bool]:
+    """released = false: the guard that makes every release happen once. On SQLite `+released` is not
+    an index term, so the planner keeps to the primary key rather than walking the expiry index."""
+    return literal_column("+released") == 0 if dialect == "sqlite" else _reservations.c.released == false()
+
+
+def _release_due(now: datetime, limit: int, dialect: str) -> Any:
+    """Release up to `limit` open reservations whose hold has expired, oldest first; answers each one's
+    amount and charges. On PostgreSQL a row another replica's sweep holds is skipped, not waited for."""
+    due = (
         select(_reservations.c.request_id)
         .where(_reservations.c.released == false(), _reservations.c.expires_at <= now)
         .order_by(_reservations.c.expires_at)
         .limit(limit)
     )
-
-
-def _release_all(request_ids: list[str], dialect: str) -> Any:
-    """Release these reservations (those still open: exactly once), answering amount and charges."""
-    # SQLite would answer `released = 0` from the expiry index, i.e. walk every open reservation;
-    # `+released` is not an index term there, so the ids are looked up by primary key.
-    still_open = literal_column("+released") == 0 if dialect == "sqlite" else _reservations.c.released == false()
+    if dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
     return (
         update(_reservations)
-        .where(_reservations.c.request_id.in_(request_ids), still_open)
+        .where(_by_id_in(due, dialect), _open_guard(dialect))
         .values(released=True)
         .returning(_reservations.c.amount, _reservations.c.charges)
     )
 
 
-def _forgettable(cutoff: datetime, limit: int) -> Any:
-    """The ids of up to `limit` settled decisions whose hold expired before `cutoff`.
+def _forget(cutoff: datetime, limit: int, dialect: str) -> Any:
+    """Delete up to `limit` settled decisions whose hold expired before `cutoff`.
 
     A hold expires at or after its decision was made, so each decision is still kept at least as long
     as the idempotency window after it was made."""
-    return (
+    old = (
         select(_reservations.c.request_id)
         .where(_reservations.c.released == true(), _reservations.c.expires_at < cutoff)
         .limit(limit)
     )
+    return delete(_reservations).where(_by_id_in(old, dialect))
 
 
 def _unreserve(ledger_id: str, amount: int) -> Any:
@@ -218,11 +245,7 @@ class SqlCounters:
 
     async def expire(self, *, now: datetime, limit: int = 500) -> int:
         async with self._writing(), wrap_database_errors(), self._sessions() as session, session.begin():
-            due = _due(now, limit)
-            if dialect_name(session) == "postgresql":
-                due = due.with_for_update(skip_locked=True)  # another replica's sweep takes other rows
-            ids = list((await session.exec(due)).scalars())
-            rows = (await session.exec(_release_all(ids, dialect_name(session)))).all() if ids else []
+            rows = (await session.exec(_release_due(now, limit, dialect_name(session)))).all()
             totals: dict[str, int] = {}
             for amount, charges in rows:
                 for ledger_id in set(charges):
@@ -235,9 +258,7 @@ class SqlCounters:
     async def _forget_old_decisions(self, *, now: datetime, limit: int) -> None:
         """Drop settled decisions once their idempotency window (24 h) is over, a batch at a time."""
         async with self._writing(), wrap_database_errors(), self._sessions() as session, session.begin():
-            old = list((await session.exec(_forgettable(now - timedelta(seconds=DECISION_KEEP_SECONDS), limit))).scalars())
-            if old:
-                await session.exec(delete(_reservations).where(_reservations.c.request_id.in_(old)))
+            await session.exec(_forget(now - timedelta(seconds=DECISION_KEEP_SECONDS), limit, dialect_name(session)))
 
     async def ping(self) -> None:
         async with wrap_database_errors(), self._sessions() as session:
