@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import CacheStats
 
+from spendgate.db import create_engine, session_factory
+from spendgate.decision_store.store import StoredRow, write_rows
+from spendgate.migrate import upgrade
+from spendgate.settings import Settings
 from support.app import AppFactory, RunningApp
 from support.scenario import authorize, create_key
 
@@ -114,3 +120,45 @@ async def test_a_bad_entity_or_cursor_is_refused_naming_the_parameter(any_app: R
         assert response.status_code == 422, response.text
         assert response.json()["error"]["message"].startswith(field), response.text
     assert (await any_app.gateway.get("/v1/reports/decisions")).status_code == 401
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store_database(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Which database and its URL (PostgreSQL migrated by its fixture, SQLite by the test)."""
+    return request.param, request.getfixturevalue("clean_pg" if request.param == "postgresql" else "sqlite_url")
+
+
+async def test_batches_of_any_size_are_written_by_statements_compiled_once(store_database: tuple[str, str]) -> None:
+    """In a storm of refusals every denial is stored, in batches of whatever size has queued. Their
+    INSERTs must come from SQLAlchemy's statement cache: compiling one per batch size took a fifth of a
+    replica's event loop (bench/README.md, seventh round)."""
+    database, url = store_database
+    engine = create_engine(Settings(database_url=url))
+    if database == "sqlite":
+        await upgrade(engine)
+    compiled: list[str] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("INSERT") and context.cache_hit is not CacheStats.CACHE_HIT:
+            compiled.append(statement.split("(", 1)[0].strip())
+
+    sessions = session_factory(engine)
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    charge = {"entity": {"type": "key", "id": "k1"}, "window": "1d"}
+    try:
+        written = 0
+        for size in range(1, 9):  # batch sizes 1 to 8, as a queue under load hands them over
+            rows = [
+                StoredRow(f"d{written + i}", f"r{written + i}", at, "deny", [], [charge], [], "rev")
+                for i in range(size)
+            ]
+            async with sessions() as session, session.begin():
+                await write_rows(session, rows)
+            written += size
+    finally:
+        await engine.dispose()
+    # Each table's INSERT is compiled for one row (the first batch) and for several (the second); the
+    # six batches after those reuse them. One statement per batch size compiled eight per table.
+    tables = ("INSERT INTO decision_records", "INSERT INTO decision_record_entities")
+    assert set(compiled) == set(tables) and all(compiled.count(t) <= 2 for t in tables), compiled

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
 from urllib.parse import urlencode
 
-from sqlalchemy import Executable, Result, event
+from sqlalchemy import Executable, Result, Row, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -24,6 +24,7 @@ __all__ = [
     "database_errors",
     "wrap_database_errors",
     "execute_core",
+    "execute_many",
     "dialect_name",
     "SQLITE_PRAGMAS",
     "sqlite_file",
@@ -106,6 +107,22 @@ async def execute_core(
     """
     connection = await session.connection()
     return await connection.execute(statement, dict(params or {}))
+
+
+async def execute_many(
+    session: AsyncSession, statement: Executable, rows: Sequence[Mapping[str, Any]]
+) -> list[Row[Unpack[tuple[Any, ...]]]]:
+    """Run a Core statement for every row (an executemany) in the session's transaction; no rows, no
+    call. Answers what it returns (RETURNING), else nothing.
+
+    The statement does not change with the number of rows, so SQLAlchemy compiles it once (for one row,
+    and once for several) and takes it from its cache after that, where `insert().values([...])` is a new
+    statement for every batch size. Inserts go out as batched multi-row INSERTs ("insertmanyvalues")."""
+    if not rows:
+        return []
+    connection = await session.connection()
+    result = await connection.execute(statement, [dict(row) for row in rows])
+    return list(result.all()) if result.returns_rows else []
 
 
 def dialect_name(session: AsyncSession) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from ..db import dialect_name, execute_core
+from ..db import dialect_name, execute_core, execute_many
 from ..tables import AlertEvent
 from .events import AlertDraft
 
@@ -64,13 +64,9 @@ async def insert_core(session: AsyncSession, drafts: Sequence[AlertDraft]) -> in
     if not drafts:
         return 0
     insert = pg_insert if dialect_name(session) == "postgresql" else sqlite_insert
-    statement = (
-        insert(ALERTS)
-        .values([row_values(d) for d in sorted(drafts, key=lambda d: d.dedupe_key)])
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(ALERTS.c.id)
-    )
-    return len((await execute_core(session, statement)).all())
+    statement = insert(ALERTS).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(ALERTS.c.id)
+    rows = [row_values(d) for d in sorted(drafts, key=lambda d: d.dedupe_key)]
+    return len(await execute_many(session, statement, rows))
 
 
 _COLUMNS = [
