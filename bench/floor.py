@@ -12,6 +12,11 @@ access log off, --workers N), one at a time:
                    6 ledgers per request, as the floors hold
   spendgate sqlite the embedded default (SQLite file, no Redis), same seed: authorize only
 
+With --denials, each Spendgate target ends with a `deny` step: the seeded tag's budget is set below one
+request's estimate, and the same authorize requests are all refused (budget_exceeded), as when a budget
+has run out and the gateway keeps sending. With --kept-decisions N, the embedded target's database holds N
+settled decisions of the last day before it is measured (its expiry sweep has to look past them).
+
 Load: `wrk` (Debian package `wrk`) with bench/wrk/decisions.lua, closed loop, at each --connections
 (authorize: min(C, 2) threads; pairs: one thread per connection so a record always follows its
 authorize's answer). After a target's authorize steps (before its pair steps), an open loop at half its best
@@ -233,6 +238,25 @@ class Bench:
         print(f"({server.name}: each request holds {len(held)} ledgers: {', '.join(held)})", flush=True)
         return str(secret)
 
+    @staticmethod
+    def exhaust(server: Server, key: str) -> None:
+        """Tag tag-1's day budget set below one request's estimate: from here on every authorize is refused
+        with `budget_exceeded` (a storm of denials: a budget ran out and the gateway keeps sending)."""
+        with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                          timeout=30) as admin:
+            response = admin.patch("/v1/admin/tags/tag-1", json={"budget": {"max_budget": "0.000001", "duration": "1d"}})
+            if response.status_code != 200:
+                raise RuntimeError(f"PATCH /v1/admin/tags/tag-1 → {response.status_code}: {response.text}")
+        body = {"request_id": f"deny-check-{uuid.uuid4()}", "api_key": key, "model": "gpt-4o",
+                "end_user": "cust-1", "tags": ["tag-1"], "estimated_cost": "0.002"}
+        answer = httpx.post(f"{server.url}/v1/authorize", json=body, timeout=10,
+                            headers={"authorization": f"Bearer {GATEWAY_TOKEN}"}).json()
+        codes = [reason.get("code") for reason in answer.get("reasons", [])]
+        if answer.get("decision") != "deny" or codes != ["budget_exceeded"]:
+            raise RuntimeError(f"the exhausted tag does not refuse: {answer}")
+        print(f"({server.name}: tag-1's budget is now below one estimate, every authorize is a budget denial)",
+              flush=True)
+
     def keep_decisions(self, count: int) -> None:
         """`count` settled decisions in the embedded target's reservations table, made over the last day
         (as many a day of traffic leaves there): what its once-a-second expiry sweep has to look past."""
@@ -292,8 +316,9 @@ class Bench:
     def wrk(self, server: Server, *, mode: str, connections: int, seconds: float, key: str, postgres: bool,
             tag: str) -> Result:
         threads = connections if mode == "pair" else min(connections, 2)
+        script_mode = "authorize" if mode == "deny" else mode  # the same requests; the budget refuses them
         command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s",
-                   "-s", str(WRK_SCRIPT), server.url, "--", mode, f"{self.run_id}-{tag}", GATEWAY_TOKEN, key]
+                   "-s", str(WRK_SCRIPT), server.url, "--", script_mode, f"{self.run_id}-{tag}", GATEWAY_TOKEN, key]
         before = self.snapshot(server, postgres)
         out = subprocess.run(command, capture_output=True, text=True, check=False)
         after = self.snapshot(server, postgres)
@@ -367,11 +392,12 @@ class Bench:
     def measure(self, server: Server, *, modes: tuple[str, ...], key: str, postgres: bool,
                 open_loop: bool) -> None:
         args = self.args
-        if args.warmup > 0:
-            for mode in modes:
+        for mode in modes:
+            if mode == "deny":
+                self.exhaust(server, key)
+            if args.warmup > 0:
                 self.wrk(server, mode=mode, connections=4, seconds=args.warmup, key=key, postgres=postgres,
                          tag=f"{server.name}-{mode}-warm".replace(" ", "_"))
-        for mode in modes:
             for connections in args.connections:
                 result = self.wrk(server, mode=mode, connections=connections, seconds=args.duration, key=key,
                                   postgres=postgres, tag=f"{server.name}-{mode}-c{connections}".replace(" ", "_"))
@@ -405,14 +431,15 @@ class Bench:
               f"closed-loop step, {args.open_loop_seconds:g} s open loop; load average before: {_loadavg()}")
         print(f"floors: each request holds {len(LEDGERS)} ledgers ({', '.join(r.entity_type for r in LEDGERS)})")
         print(HEADER, flush=True)
+        denials = ("deny",) if args.denials else ()
         plan: list[tuple[str, str | None, tuple[str, ...], bool]] = [
             ("http floor", "hello", ("authorize",), False),
             ("authorize floor", "authorize", ("authorize",), True),
             ("pair floor", "pair", ("pair",), False),
-            ("spendgate", None, ("authorize", "pair"), True),
+            ("spendgate", None, ("authorize", "pair", *denials), True),
         ]
         if not args.skip_sqlite:
-            plan.append(("spendgate sqlite", None, ("authorize",), False))
+            plan.append(("spendgate sqlite", None, ("authorize", *denials), False))
         for name, app, modes, open_loop in plan:
             if name not in args.targets:
                 continue
@@ -454,6 +481,8 @@ COMPARISONS = (
     ("spendgate authorize / authorize floor", ("spendgate", "authorize"), ("authorize floor", "authorize")),
     ("spendgate pairs / pair floor", ("spendgate", "pair"), ("pair floor", "pair")),
     ("sqlite authorize / pg+redis authorize", ("spendgate sqlite", "authorize"), ("spendgate", "authorize")),
+    ("spendgate denials / spendgate authorize", ("spendgate", "deny"), ("spendgate", "authorize")),
+    ("sqlite denials / sqlite authorize", ("spendgate sqlite", "deny"), ("spendgate sqlite", "authorize")),
 )
 
 
@@ -500,6 +529,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of every target")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of: {', '.join(TARGETS)}")
     parser.add_argument("--skip-sqlite", action="store_true", help="leave out the embedded SQLite run")
+    parser.add_argument("--denials", action="store_true",
+                        help="after each Spendgate target's other steps, a `deny` step: the seeded tag's budget set "
+                             "below one estimate, so every authorize is refused (a storm of denials)")
     parser.add_argument("--kept-decisions", type=int, default=0, metavar="N",
                         help="settled decisions already in the embedded target's database, as a day of traffic leaves "
                              "them (kept 24 h for idempotency); 0: a fresh database")
