@@ -6,8 +6,7 @@ again on the figures the reservation found — so every refusal carries the poli
 
 The first attempt may decide on figures this replica saw up to `figures_max_age` seconds ago
 (counters/replica_memory.py): the common path is then one counters round trip, the commit. A refusal
-is never given on such figures: it is decided again on current ones first. When they already show a
-candidate ledger without room, the current figures are read before the first decision instead.
+is never given on such figures: the current ones are read, and the policy asked again when they differ.
 """
 
 from __future__ import annotations
@@ -57,14 +56,6 @@ def charge_view(candidate: Candidate, figures: Figures, static: dict[str, Any]) 
         "period_start": static["period_start"],
         "resets_at": static["resets_at"],
     }
-
-
-def _some_ledger_full(candidates: list[Candidate], figures: dict[str, Figures], amount: int) -> bool:
-    """Whether a candidate ledger has no room for `amount` on these figures (the counters' own guard)."""
-    return any(
-        not has_room(figures=figures.get(c.ref.id, _ZERO), limit=c.limit, amount=amount)
-        for c in candidates if c.limit is not None
-    )
 
 
 class Authorized(NamedTuple):
@@ -130,10 +121,6 @@ async def authorize(
             prior, figures = await counters.prior_and_read(request.request_id, refs, max_age=figures_max_age)
             if prior is not None:
                 return Authorized(prior.body, replayed=True)
-            if isinstance(figures, SeenFigures) and _some_ledger_full(candidates, figures, estimate or 0):
-                # A refusal is likely, and is never given on remembered figures: read the current ones
-                # first, rather than decide twice (in a storm of denials, every request would).
-                figures = await counters.read(refs)
         elif known is not None and all(ref.id in known for ref in refs):
             figures = known
         else:
@@ -153,8 +140,13 @@ async def authorize(
         amount = estimate or 0
         decision = await policy.decide(input_doc)
         if not decision.allow and isinstance(figures, SeenFigures):
-            known = None  # decided on remembered figures: refuse only on current ones
-            continue
+            # Refused on remembered figures: refuse only on current ones. When they are the same, the
+            # refusal stands as decided (in a storm of denials every request was decided twice).
+            current = await counters.read(refs)
+            if current != figures:
+                known = current  # decide again on them
+                continue
+            figures = current
         charged = charged_candidates(decision, candidates)
         expires_at = iso(now + timedelta(seconds=ttl_seconds))
         stored = StoredDecision(
