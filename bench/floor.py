@@ -228,10 +228,7 @@ class Bench:
                                               "model_budgets": {"gpt-4o": day}})["key"]
             post("/v1/admin/end-users", {"id": "cust-1", "budget": day})
             post("/v1/admin/tags", {"id": "tag-1", "budget": day})
-        body = {"request_id": f"seed-check-{uuid.uuid4()}", "api_key": secret, "model": "gpt-4o",
-                "end_user": "cust-1", "tags": ["tag-1"], "estimated_cost": "0.002"}
-        answer = httpx.post(f"{server.url}/v1/authorize", json=body, timeout=10,
-                            headers={"authorization": f"Bearer {GATEWAY_TOKEN}"}).json()
+        answer = _probe(server, secret, "seed-check")
         if answer.get("decision") != "allow":
             raise RuntimeError(f"the seeded key is not allowed: {answer}")
         held = [f"{c['entity']['type']} {c['entity']['id']}" for c in answer.get("charges", [])]
@@ -247,10 +244,7 @@ class Bench:
             response = admin.patch("/v1/admin/tags/tag-1", json={"budget": {"max_budget": "0.000001", "duration": "1d"}})
             if response.status_code != 200:
                 raise RuntimeError(f"PATCH /v1/admin/tags/tag-1 → {response.status_code}: {response.text}")
-        body = {"request_id": f"deny-check-{uuid.uuid4()}", "api_key": key, "model": "gpt-4o",
-                "end_user": "cust-1", "tags": ["tag-1"], "estimated_cost": "0.002"}
-        answer = httpx.post(f"{server.url}/v1/authorize", json=body, timeout=10,
-                            headers={"authorization": f"Bearer {GATEWAY_TOKEN}"}).json()
+        answer = _probe(server, key, "deny-check")
         codes = [reason.get("code") for reason in answer.get("reasons", [])]
         if answer.get("decision") != "deny" or codes != ["budget_exceeded"]:
             raise RuntimeError(f"the exhausted tag does not refuse: {answer}")
@@ -497,6 +491,14 @@ def print_ratios(results: list[Result]) -> None:
                 continue
             print(f"ratio {what:<40} conns {connections:>9}  {a.per_second / b.per_second:>6.1%}   "
                   f"CPU ms {a.cpu_ms:.2f} vs {b.cpu_ms:.2f}")
+
+
+def _probe(server: Server, key: str, prefix: str) -> dict[str, Any]:
+    """One authorize of the seeded request shape (the 6 ledgers every step holds), answered as JSON."""
+    body = {"request_id": f"{prefix}-{uuid.uuid4()}", "api_key": key, "model": "gpt-4o",
+            "end_user": "cust-1", "tags": ["tag-1"], "estimated_cost": "0.002"}
+    return dict(httpx.post(f"{server.url}/v1/authorize", json=body, timeout=10,
+                           headers={"authorization": f"Bearer {GATEWAY_TOKEN}"}).json())
 
 
 def _print_last_error(server: Server) -> None:
