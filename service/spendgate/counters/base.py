@@ -73,6 +73,9 @@ class CommitOutcome:
     #: as they stand ("no_room"). Empty when the adapter does not report them (not compared:
     #: what an outcome says is its status and decision).
     figures: Mapping[str, Figures] = field(default_factory=dict, compare=False)
+    #: The stored decision as `holds.encode_decision` wrote it, when the adapter had to (Redis does):
+    #: ReplicaMemory keeps these bytes rather than encoding the decision again. Empty otherwise.
+    encoded: bytes = field(default=b"", compare=False)
 
 
 class Counters(Protocol):

@@ -1,16 +1,18 @@
 """What the adapters share: which holds a decision takes (all of them), the admission rule on a
-ledger's figures (authorize's too), and a stored decision read back from its row (the SQL-table
-adapters, `SqlCounters` and `SqliteCounters`)."""
+ledger's figures (authorize's too), a stored decision read back from its row (the SQL-table
+adapters, `SqlCounters` and `SqliteCounters`), and a stored decision as JSON bytes (what Redis keeps
+under its request id, and what a replica remembers: encoded once, by whichever comes first)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from .. import exact_json
 from ..ledgers import LedgerRef
 from .base import Hold, StoredDecision
 
-__all__ = ["unique_holds", "has_room", "stored_decision", "decision_json"]
+__all__ = ["unique_holds", "has_room", "stored_decision", "decision_json", "encode_decision", "decode_decision"]
 
 
 def unique_holds(holds: Sequence[Hold]) -> list[Hold]:
@@ -41,4 +43,24 @@ def stored_decision(request_id: str, amount: int, decision: dict[str, Any]) -> S
         body=decision["body"],
         ledgers=tuple(LedgerRef.from_json(item) for item in decision["ledgers"]),
         amount=int(amount),
+    )
+
+
+def encode_decision(decision: StoredDecision) -> bytes:
+    """The whole stored decision as JSON bytes (integers of any size exact); `decode_decision` reads it."""
+    return exact_json.dumps({
+        "request_id": decision.request_id,
+        "body": decision.body,
+        "ledgers": [ref.to_json() for ref in decision.ledgers],
+        "amount": decision.amount,
+    })
+
+
+def decode_decision(raw: bytes | str) -> StoredDecision:
+    data = exact_json.loads(raw)
+    return StoredDecision(
+        request_id=data["request_id"],
+        body=data["body"],
+        ledgers=tuple(LedgerRef.from_json(item) for item in data["ledgers"]),
+        amount=int(data["amount"]),
     )

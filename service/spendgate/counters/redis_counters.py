@@ -20,21 +20,20 @@ authorize reserve again (evicted ledger hashes are harmless — they are rebuilt
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import resources
+from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import exact_json
 from ..errors import Unavailable
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, SnapshotLoader, StoredDecision
-from .holds import unique_holds
+from .holds import decode_decision, encode_decision, unique_holds
 
 __all__ = ["RedisCounters"]
 
@@ -62,39 +61,28 @@ def _ledger_ttl(ref: LedgerRef) -> str:
     return str(max(remaining, 3600))
 
 
-def _decision_json(decision: StoredDecision) -> str:
-    return exact_json.dumps(
-        {
-            "request_id": decision.request_id,
-            "body": decision.body,
-            "ledgers": [ref.to_json() for ref in decision.ledgers],
-            "amount": decision.amount,
-        }
-    ).decode()
-
-
-def _decision_from_json(raw: Any) -> StoredDecision:
-    data = exact_json.loads(raw)
-    return StoredDecision(
-        request_id=data["request_id"],
-        body=data["body"],
-        ledgers=tuple(LedgerRef.from_json(item) for item in data["ledgers"]),
-        amount=int(data["amount"]),
-    )
-
-
 def _figures(holds: Sequence[Hold], flat: Sequence[str]) -> dict[str, Figures]:
     """Figures of the held ledgers from a script's flat reply (spent, reserved per hold, in order)."""
     return {hold.ledger.id: Figures(int(flat[2 * i]), int(flat[2 * i + 1])) for i, hold in enumerate(holds)}
 
 
-@asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
-    """A lost or refused Redis connection is 503 `unavailable` naming Redis."""
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
-        raise Unavailable("redis", type(exc).__name__) from exc
+class _RedisErrors:
+    """`with _redis_errors:` — a lost or refused Redis connection is 503 `unavailable` naming Redis.
+
+    A plain class, entered around every script call: a generator-based context manager per call (and
+    an async one, for nothing asynchronous) cost more than the call's own Python."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)):
+            raise Unavailable("redis", type(exc).__name__) from exc
+
+
+_redis_errors = _RedisErrors()
 
 
 class RedisCounters:
@@ -155,7 +143,7 @@ class RedisCounters:
         refs = list({ref.id: ref for ref in ledgers}.values())
         if not refs and request_id is None:
             return None, {}
-        async with _redis_errors():
+        with _redis_errors:
             pipe = self._client.pipeline(transaction=False)
             if request_id is not None:
                 pipe.get(self._decision_key(request_id))
@@ -165,7 +153,7 @@ class RedisCounters:
         if request_id is not None:
             raw, rows = rows[0], rows[1:]
             if raw is not None:
-                return _decision_from_json(raw), {}
+                return decode_decision(raw), {}
         figures: dict[str, Figures] = {}
         missing: list[LedgerRef] = []
         for ref, (spent, reserved) in zip(refs, rows):
@@ -178,9 +166,9 @@ class RedisCounters:
         return None, figures
 
     async def prior_decision(self, request_id: str) -> StoredDecision | None:
-        async with _redis_errors():
+        with _redis_errors:
             raw = await self._client.get(self._decision_key(request_id))
-        return None if raw is None else _decision_from_json(raw)
+        return None if raw is None else decode_decision(raw)
 
     async def commit_decision(
         self,
@@ -195,8 +183,9 @@ class RedisCounters:
         unique = unique_holds(holds)
         keys = [self._decision_key(decision.request_id), self._hold_key(decision.request_id), self._expiry_key]
         keys += [self._ledger_key(hold.ledger.id) for hold in unique]
-        args: list[str] = [
-            _decision_json(decision),
+        encoded = encode_decision(decision)
+        args: list[str | bytes] = [
+            encoded,
             str(max(DECISION_KEEP_SECONDS, ttl_seconds + 3600)),
             str(decision.amount),
             str(int(now.timestamp() * 1000) + ttl_seconds * 1000),
@@ -206,15 +195,15 @@ class RedisCounters:
             args += [hold.ledger.id, "" if hold.limit is None else str(hold.limit), _ledger_ttl(hold.ledger)]
         refs = {hold.ledger.id: hold.ledger for hold in unique}
         for _ in range(REBUILD_ATTEMPTS):
-            async with _redis_errors():
+            with _redis_errors:
                 reply = [_text(item) for item in await self._commit(keys=keys, args=args)]
             status, rest = reply[0], reply[1:]
             if status == "committed":  # the figures each held ledger had before its reservation
                 seen = _figures(unique, rest)
                 after = {key: Figures(f.spent, f.reserved + decision.amount) for key, f in seen.items()}
-                return CommitOutcome("committed", decision, figures=after)
+                return CommitOutcome("committed", decision, figures=after, encoded=encoded)
             if status == "duplicate":
-                return CommitOutcome("duplicate", _decision_from_json(rest[0]))
+                return CommitOutcome("duplicate", decode_decision(rest[0]))
             if status == "no_room":  # the ids without room, then every held ledger's figures
                 count = int(rest[0])
                 return CommitOutcome("no_room", None, tuple(rest[1:1 + count]), _figures(unique, rest[1 + count:]))
@@ -230,19 +219,19 @@ class RedisCounters:
         args = [self._prefix, request_id, str(SETTLED_HASH_SECONDS)]
         for snap in newest.values():
             args += [str(snap.spent), str(snap.version)]
-        async with _redis_errors():
+        with _redis_errors:
             flat = [_text(item) for item in await self._settle(keys=keys, args=args)]
         return {ledger_id: Figures(int(flat[2 * i]), int(flat[2 * i + 1])) for i, ledger_id in enumerate(newest)}
 
     async def expire(self, *, now: datetime, limit: int = 500) -> int:
-        async with _redis_errors():
+        with _redis_errors:
             released = await self._expire(
                 keys=[self._expiry_key], args=[self._prefix, str(int(now.timestamp() * 1000)), str(limit)]
             )
         return int(released)
 
     async def ping(self) -> None:
-        async with _redis_errors():
+        with _redis_errors:
             await self._client.ping()
 
     async def close(self) -> None:
@@ -259,7 +248,7 @@ class RedisCounters:
         for ref in refs:
             snap = snapshots.get(ref.id)
             args += [str(snap.spent if snap else 0), str(snap.version if snap else 0), _ledger_ttl(ref)]
-        async with _redis_errors():
+        with _redis_errors:
             flat = await self._seed(keys=[self._epoch_key] + [self._ledger_key(ref.id) for ref in refs], args=args)
         return {
             ref.id: Figures(int(_text(flat[2 * i])), int(_text(flat[2 * i + 1]))) for i, ref in enumerate(refs)

@@ -31,10 +31,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 
-from .. import exact_json
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import CommitOutcome, Counters, Figures, Hold, SeenFigures, StoredDecision
-from .holds import decision_json, stored_decision
+from .holds import decode_decision, encode_decision
 
 __all__ = ["ReplicaMemory", "MAX_REMEMBERED", "MAX_FIGURES"]
 
@@ -54,7 +53,7 @@ class ReplicaMemory:
         self._keep = keep_seconds
         #: Seconds from an arbitrary start (tests hold it still).
         self.clock = clock
-        #: request id -> (remembered at, amount, ledger ids, `decision_json` as bytes), oldest first:
+        #: request id -> (remembered at, amount, ledger ids, `encode_decision`'s bytes), oldest first:
         #: atomic values only, so the garbage collector stops tracing these entries.
         self._recent: OrderedDict[str, tuple[float, int, tuple[str, ...], bytes]] = OrderedDict()
         #: ledger id -> (seen at, figures).
@@ -62,10 +61,11 @@ class ReplicaMemory:
         #: request id -> (read at, figures) of an authorize's read, until its commit.
         self._read_for: dict[str, tuple[float, dict[str, Figures]]] = {}
 
-    def _remember(self, decision: StoredDecision) -> None:
+    def _remember(self, decision: StoredDecision, encoded: bytes = b"") -> None:
+        """Keep `decision`; `encoded` is its `encode_decision` bytes when the counters already made them."""
         self._recent[decision.request_id] = (
             self.clock(), decision.amount, tuple(ref.id for ref in decision.ledgers),
-            exact_json.dumps(decision_json(decision)),
+            encoded or encode_decision(decision),
         )
         self._recent.move_to_end(decision.request_id)
         while len(self._recent) > MAX_REMEMBERED:
@@ -82,7 +82,7 @@ class ReplicaMemory:
 
     def _recall(self, request_id: str) -> StoredDecision | None:
         found = self._recalled(request_id)
-        return None if found is None else stored_decision(request_id, found[1], exact_json.loads(found[3]))
+        return None if found is None else decode_decision(found[3])
 
     def _saw(self, figures: Mapping[str, Figures], at: float | None = None) -> None:
         if len(self._seen) + len(figures) > MAX_FIGURES:
@@ -142,7 +142,7 @@ class ReplicaMemory:
             held = {hold.ledger.id for hold in holds}
             self._saw({ledger_id: seen for ledger_id, seen in read[1].items() if ledger_id not in held}, at=read[0])
         if outcome.stored is not None:  # committed (ours) or duplicate (the first one): the stored decision
-            self._remember(outcome.stored)
+            self._remember(outcome.stored, outcome.encoded)
         if outcome.figures:
             self._saw(outcome.figures)
         elif outcome.status == "committed":
