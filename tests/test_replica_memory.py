@@ -19,6 +19,8 @@ import gc
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from spendgate.counters import ReplicaMemory
 from support.app import AppFactory, RunningApp
 from support.redis_stats import commands_during
@@ -169,3 +171,29 @@ async def test_remembered_decisions_add_nothing_for_the_garbage_collector_to_tra
 async def _remembered(counters: ReplicaMemory, request_id: str) -> bool:
     stored = await counters.prior_decision(request_id)
     return stored is not None and stored.body["request_id"] == request_id
+
+
+async def test_a_decision_committed_through_redis_is_encoded_once(
+    app_factory: AppFactory, clean_pg: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis keeps the decision's JSON; the replica remembers those very bytes rather than encoding
+    the decision a second time (each encoding was a serialisation of the whole body per authorize)."""
+    from spendgate.counters import holds, redis_counters, replica_memory
+
+    app = await app_factory(database_url=clean_pg, redis_url=redis_url, **_QUIET)
+    secret = await create_key(app.admin, id="k-once", budget={"max_budget": "1.00"})
+    encoded: list[str] = []
+
+    def counted(decision: Any) -> bytes:
+        encoded.append(decision.request_id)
+        return holds.encode_decision(decision)
+
+    monkeypatch.setattr(redis_counters, "encode_decision", counted)
+    monkeypatch.setattr(replica_memory, "encode_decision", counted)
+    answer = await authorize(app.gateway, request_id="once-1", api_key=secret, estimated_cost="0.01")
+
+    assert encoded == ["once-1"]
+    counters = app.runtime.counters
+    assert isinstance(counters, ReplicaMemory)
+    remembered = await counters.prior_decision("once-1")
+    assert remembered is not None and remembered.body == answer  # what it remembers is what was answered
