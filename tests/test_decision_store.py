@@ -3,17 +3,19 @@ written off the decision path, bounded by size and age — on PostgreSQL+Redis a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import CacheStats
 
-from spendgate.db import create_engine, session_factory
+from spendgate.db import create_engine, execute_core, session_factory
 from spendgate.decision_store.store import StoredRow, write_rows
+from spendgate.decision_store.writer import BackgroundWriter
 from spendgate.migrate import upgrade
 from spendgate.settings import Settings
 from support.app import AppFactory, RunningApp
@@ -162,3 +164,36 @@ async def test_batches_of_any_size_are_written_by_statements_compiled_once(store
     # six batches after those reuse them. One statement per batch size compiled eight per table.
     tables = ("INSERT INTO decision_records", "INSERT INTO decision_record_entities")
     assert set(compiled) == set(tables) and all(compiled.count(t) <= 2 for t in tables), compiled
+
+
+async def test_refusals_arriving_one_at_a_time_are_written_in_one_transaction(
+    store_database: tuple[str, str],
+) -> None:
+    """A gateway sending one refused request after another: the background writer lingers after a
+    batch's first row for the rows right behind it, rather than committing a transaction per denial
+    (on the embedded default that was the single SQLite writer's time, and half the denial rate)."""
+    database, url = store_database
+    engine = create_engine(Settings(database_url=url))
+    if database == "sqlite":
+        await upgrade(engine)
+    commits: list[int] = []
+    event.listen(engine.sync_engine, "commit", lambda conn: commits.append(1))
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    charge = {"entity": {"type": "key", "id": "k1"}, "window": "1d"}
+    writer = BackgroundWriter(
+        session_factory(engine), max_rows=10_000, max_age_seconds=86_400, clock=lambda: at, linger_seconds=0.5,
+    )
+    task = asyncio.create_task(writer.run())
+    try:
+        for i in range(5):  # each offered after the writer has already taken the ones before it
+            writer.offer(StoredRow(f"d{i}", f"r{i}", at, "deny", [], [charge], [], "rev"))
+            await asyncio.sleep(0.01)
+        await writer.drain()
+        assert len(commits) == 1, f"{len(commits)} transactions for 5 refusals"
+        async with session_factory(engine)() as session:
+            stored = (await execute_core(session, text("SELECT count(*) FROM decision_records"), {})).scalar_one()
+        assert stored == 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.dispose()
