@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request, Response
 
 from _fixtures import decision_inputs
 from spendgate.counters import Hold, RedisCounters, StoredDecision
+from spendgate.counters.redis_packing import pack_with_hiredis
 from spendgate.heap import settle_after_startup
 from spendgate.ledger_store import _PG_ADD_SPEND, _PG_INSERT_EVENTS
 from spendgate.ledgers import LedgerRef, LedgerSnapshot
@@ -92,8 +93,10 @@ async def _authorize(counters: RedisCounters, request: Request) -> Response:
 def _counters_lifespan(app: FastAPI, *, with_database: bool) -> Any:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Pooled as the service pools it (runtime.py): unbounded, 2 s timeouts.
-        client = aioredis.from_url(os.environ["FLOOR_REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+        # Pooled as the service pools it (runtime.py): unbounded, 2 s timeouts, commands packed by hiredis.
+        client = pack_with_hiredis(
+            aioredis.from_url(os.environ["FLOOR_REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+        )
         app.state.counters = RedisCounters(client, _no_snapshots, key_prefix="floor")
         pool = None
         if with_database:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .shedding import InFlightLimit
 from .decision_store import BackgroundWriter
 from .counters import Counters, ReplicaMemory, counters_for
+from .counters.redis_packing import pack_with_hiredis
 from .db import SessionFactory, create_engine, database_errors, session_factory
 from .errors import Unavailable
 from .facts import FactsCache
@@ -143,13 +144,13 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         metrics = Metrics()
         if settings.redis_url:
             async with _reaching_redis(settings.redis_url):
-                redis_client = aioredis.from_url(
+                redis_client = pack_with_hiredis(aioredis.from_url(
                     settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10,
                     # Pooled connections die with a restarted Redis; without a retry each one fails its
                     # next command (a skipped counter update after a record). One immediate retry on a
                     # fresh connection is safe: every script is idempotent per request id / version.
                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                )
+                ))
         # The adapter is chosen by URL scheme in one place (counters/choice.py).
         counters = adapter = counters_for(
             settings, sessions=sessions, redis=redis_client, snapshots=ledgers.snapshots,
