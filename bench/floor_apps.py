@@ -93,7 +93,7 @@ async def _authorize(counters: RedisCounters, request: Request) -> Response:
 def _counters_lifespan(app: FastAPI, *, with_database: bool) -> Any:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Pooled as the service pools it (runtime.py): unbounded, 2 s timeouts, commands packed by hiredis.
+        # Pooled as the service pools it (runtime.py): redis-py's pool, 2 s timeouts, commands packed by hiredis.
         client = pack_with_hiredis(
             aioredis.from_url(os.environ["FLOOR_REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
         )

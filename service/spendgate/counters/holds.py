@@ -47,20 +47,11 @@ def stored_decision(request_id: str, amount: int, decision: dict[str, Any]) -> S
 
 
 def encode_decision(decision: StoredDecision) -> bytes:
-    """The whole stored decision as JSON bytes (integers of any size exact); `decode_decision` reads it."""
-    return exact_json.dumps({
-        "request_id": decision.request_id,
-        "body": decision.body,
-        "ledgers": [ref.to_json() for ref in decision.ledgers],
-        "amount": decision.amount,
-    })
+    """The whole stored decision as JSON bytes (integers of any size exact): `decision_json` with its
+    request id and amount, which a table keeps in columns; `decode_decision` reads it."""
+    return exact_json.dumps({"request_id": decision.request_id, "amount": decision.amount, **decision_json(decision)})
 
 
 def decode_decision(raw: bytes | str) -> StoredDecision:
     data = exact_json.loads(raw)
-    return StoredDecision(
-        request_id=data["request_id"],
-        body=data["body"],
-        ledgers=tuple(LedgerRef.from_json(item) for item in data["ledgers"]),
-        amount=int(data["amount"]),
-    )
+    return stored_decision(data["request_id"], data["amount"], data)

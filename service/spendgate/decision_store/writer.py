@@ -7,8 +7,8 @@ cannot share one with their cause. Authorize puts them on an in-process queue (n
 a full queue drops the item and counts it) and this task writes what has queued in one
 transaction. After the first item of a batch it lingers `linger_seconds` (20 ms) for more: without
 that, denials arriving one at a time were a transaction each (a storm of them from one gateway
-connection cost the embedded default's single SQLite writer most of its time). A row lost with its process is acceptable by design: the decision store is a
-recent-history aid, and a lost `budget_exceeded` event is created again by the next refusal on
+connection cost the embedded default's single SQLite writer most of its time). A row lost with its
+process is acceptable by design: the decision store is a recent-history aid, and a lost `budget_exceeded` event is created again by the next refusal on
 that ledger (the insert is idempotent on the outbox's unique key). Pruning runs with the writes: after a
 tenth of the row cap, or a minute, since the last prune. Events already written are
 remembered (a bounded set), so a storm of refusals does not rewrite the same event.
