@@ -23,17 +23,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 
 from _fixtures import decision_inputs
 from spendgate.counters import Hold, RedisCounters, StoredDecision
-from spendgate.counters.redis_packing import pack_with_hiredis
+from spendgate.counters.redis_pool import redis_client
 from spendgate.heap import settle_after_startup
 from spendgate.ledger_store import _PG_ADD_SPEND, _PG_INSERT_EVENTS
 from spendgate.ledgers import LedgerRef, LedgerSnapshot
 from spendgate.record_batch import BatchItem, RecordBatcher
+from spendgate.settings import Settings
 from spendgate.tables import SpendEvent
+
+#: The service's default pool size (SPENDGATE_REDIS_MAX_CONNECTIONS).
+_REDIS_MAX_CONNECTIONS: int = Settings.model_fields["redis_max_connections"].default
 
 __all__ = ["LEDGERS", "hello", "authorize", "pair"]
 
@@ -93,10 +96,9 @@ async def _authorize(counters: RedisCounters, request: Request) -> Response:
 def _counters_lifespan(app: FastAPI, *, with_database: bool) -> Any:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Pooled as the service pools it (runtime.py): redis-py's pool, 2 s timeouts, commands packed by hiredis.
-        client = pack_with_hiredis(
-            aioredis.from_url(os.environ["FLOOR_REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
-        )
+        # The service's own client (runtime.py): its pool (callers wait when it is full), 2 s timeouts,
+        # commands packed by hiredis.
+        client = redis_client(os.environ["FLOOR_REDIS_URL"], max_connections=_REDIS_MAX_CONNECTIONS)
         app.state.counters = RedisCounters(client, _no_snapshots, key_prefix="floor")
         pool = None
         if with_database:

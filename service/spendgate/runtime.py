@@ -11,16 +11,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .shedding import InFlightLimit
 from .decision_store import BackgroundWriter
 from .counters import Counters, ReplicaMemory, counters_for
-from .counters.redis_packing import pack_with_hiredis
+from .counters.redis_pool import redis_client as redis_client_for
 from .db import SessionFactory, create_engine, database_errors, session_factory
 from .errors import Unavailable
 from .facts import FactsCache
@@ -144,13 +141,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         metrics = Metrics()
         if settings.redis_url:
             async with _reaching_redis(settings.redis_url):
-                redis_client = pack_with_hiredis(aioredis.from_url(
-                    settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10,
-                    # Pooled connections die with a restarted Redis; without a retry each one fails its
-                    # next command (a skipped counter update after a record). One immediate retry on a
-                    # fresh connection is safe: every script is idempotent per request id / version.
-                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                ))
+                redis_client = redis_client_for(settings.redis_url, max_connections=settings.redis_max_connections)
         # The adapter is chosen by URL scheme in one place (counters/choice.py).
         counters = adapter = counters_for(
             settings, sessions=sessions, redis=redis_client, snapshots=ledgers.snapshots,

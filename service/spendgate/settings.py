@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     #: type, e.g. '{"team": {"max_budget": "100", "duration": "1mo"}}'.
     default_budgets: str | None = None
     db_pool_size: int = 10
+    #: Redis connections one replica opens at most; when all are in use, a call waits up to 2 s for one.
+    redis_max_connections: int = Field(default=100, ge=1)
     #: Authorizes one replica works on at once; more are answered 503 at once (0: no limit).
     max_authorize_in_flight: int = 64
     #: Largest request body accepted, in bytes (1 MiB); a larger one is answered 413 before it is read.
