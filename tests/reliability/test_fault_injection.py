@@ -143,6 +143,16 @@ async def test_replica_killed_with_sigkill_mid_load(cluster: Cluster) -> None:
         lined_up: dict[str, Any] = {}
         died = ("RemoteProtocolError", "ReadError", "WriteError")  # a connection closed by a dead process
 
+        async def committed(request_ids: set[str], conn: asyncpg.Connection | None = None) -> set[str]:
+            own = conn or await asyncpg.connect(cluster.asyncpg_url)
+            try:
+                rows = await own.fetch("SELECT request_id FROM spend_events WHERE request_id = ANY($1::text[])",
+                                       list(request_ids))
+            finally:
+                if conn is None:
+                    await own.close()
+            return {row[0] for row in rows}
+
         async def kill_at_the_worst_moment() -> None:
             assert victim.process is not None
             async with ledger_rows_locked(cluster, "org:acme:%") as conn:
@@ -153,19 +163,18 @@ async def test_replica_killed_with_sigkill_mid_load(cluster: Cluster) -> None:
 
                 lined_up["queued"] = await eventually(victim_records_queued, timeout=5)
                 cluster.proxies[victim.index].freeze()
+                # The victim's records not committed yet: whichever of them commits from here on cannot
+                # have updated the counters (a record committed before the freeze may have sent its
+                # counter update already, with only the reply held back by the frozen link).
+                in_flight = driver.records_in_flight(victim.index)
+                held = in_flight - await committed(in_flight, conn)
             # Locks released: the victim's queued records commit, then hang on Redis.
-            pending = driver.records_in_flight(victim.index)
 
             async def some_committed() -> bool:
-                conn = await asyncpg.connect(cluster.asyncpg_url)
-                try:
-                    rows = await conn.fetch("SELECT request_id FROM spend_events WHERE request_id = ANY($1::text[])",
-                                            list(pending))
-                finally:
-                    await conn.close()
-                return len(rows) > 0
+                return bool(await committed(held))
 
             lined_up["committed"] = await eventually(some_committed, timeout=3)
+            lined_up["committed_after_freeze"] = await committed(held)
             lined_up["killed_at"] = time.monotonic()
             if faults_armed():
                 victim.kill9()
@@ -176,21 +185,23 @@ async def test_replica_killed_with_sigkill_mid_load(cluster: Cluster) -> None:
         assert_fault_took_effect(
             "SIGKILL of replica 1",
             **{"records queued on its ledger locks": lined_up["queued"],
-               "record of it committed before the kill": lined_up["committed"],
+               "record of it committed after its Redis link froze, before the kill": lined_up["committed"],
                "request in flight on it that died and failed over":
                    driver.failed_over(victim.index, sent_before=killed_at, errors=died),
                "later request refused by it that failed over":
                    driver.failed_over(victim.index, sent_after=killed_at, errors=("ConnectError",))},
         )
         await verify(cluster, driver, scenario)
-        # The worst moment was really hit: records that committed on the victim, whose answer
-        # died with it, were retried elsewhere and answered as duplicates.
+        # The worst moment was really hit: a record that committed on the victim after its Redis link
+        # froze — so its counter update never left — and whose answer died with it, was retried
+        # elsewhere and answered as a duplicate: only the retry can bring the counters up to the ledger.
         retried = [
             o.plan.request_id for o in driver.outcomes.values()
-            if any(a.path == "/v1/record" and a.replica == victim.index and a.status is None for a in o.attempts)
+            if o.plan.request_id in lined_up["committed_after_freeze"]
+            and any(a.path == "/v1/record" and a.replica == victim.index and a.status is None for a in o.attempts)
             and any(b.get("duplicate") for b in o.record_bodies)
         ]
-        assert retried, "no record committed on the killed replica was retried on another one"
+        assert retried, "no record committed on the killed replica after its Redis link froze was retried elsewhere"
 
 
 async def test_redis_flushall_mid_load(cluster: Cluster) -> None:
