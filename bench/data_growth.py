@@ -558,7 +558,7 @@ def _positional(sql: str, names: list[str], tags: int) -> str:
 
 def explain_statements(sample: dict[str, Any], now: datetime) -> list[tuple[str, str, list[Any], bool]]:
     """(name, positional SQL, args, writes) of the statements of one authorize + record."""
-    key_chain = _positional(str(getattr(_KEY_CHAIN_SQL.element, "text")), ["key_hash", "model", "end_user", "tags"], 2)
+    key_chain = _positional(str(getattr(_KEY_CHAIN_SQL.element, "text")), ["key_hash", "model"], 0)
     named = _positional(str(getattr(_NAMED_SQL.element, "text")), ["end_user", "tags"], 2)
     ids = [c["ledger_id"] for c in sample["charges"]]
     insert_event = (
@@ -566,9 +566,9 @@ def explain_statements(sample: dict[str, Any], now: datetime) -> list[tuple[str,
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING RETURNING spend_events.request_id"
     )
     return [
-        ("facts: key chain", key_chain,
-         [sample["key_hash"], "gpt-4o", sample["end_user"], sample["tags"][0], sample["tags"][1]], False),
-        ("facts: end user + tags", named, [sample["end_user"], sample["tags"][0], sample["tags"][1]], False),
+        ("facts: key chain", key_chain, [sample["key_hash"], "gpt-4o"], False),
+        ("facts: end user + tags and their budgets", named, [sample["end_user"], sample["tags"][0], sample["tags"][1]],
+         False),
         ("counters: ledger snapshots", "SELECT ledger_id, spent, version FROM ledgers WHERE ledger_id = ANY($1)",
          [ids], False),
         ("record: insert spend event", insert_event,

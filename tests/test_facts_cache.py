@@ -56,8 +56,8 @@ async def test_expired_shapes_are_forgotten_so_memory_follows_the_recent_rate(
         await load(facts, f"eu-{i}")
     assert len(facts._entries) == 100
     clock.now += 0.3
-    for i in range(100, 110):
-        await load(facts, f"eu-{i}")
+    for i in range(100, 110):  # another model and no tag: every part of these shapes is read now
+        await facts.load(api_key="sk-sg-unknown", model="gpt-5", end_user=f"eu-{i}", tags=[])
     clock.now += 0.3  # the first 100 are now 0.6 s old, the last 10 only 0.3 s
 
     await load(facts, "eu-new")
@@ -89,7 +89,8 @@ async def test_concurrent_misses_of_one_shape_share_one_read(
     herd = await asyncio.gather(*(load(facts, "eu-herd") for _ in range(10)))
     herd_statements = len(statements)
     statements.clear()
-    other = await load(facts, "eu-other")  # what one read of one shape takes
+    other = await facts.load(api_key="sk-sg-other", model="gpt-4o", end_user="eu-other", tags=["chat"])
+    # ^ what one read of one shape takes, none of its parts cached
 
     assert all(item is herd[0] for item in herd) and other is not herd[0]
     assert herd_statements == len(statements) > 0
@@ -108,3 +109,33 @@ async def test_a_failed_shared_read_fails_every_request_that_waited_for_it(sqlit
         assert facts._loading == {}
     finally:
         await engine.dispose()
+
+
+async def test_a_new_shape_made_of_parts_read_within_their_lifetime_is_assembled_without_a_read(
+    cache: tuple[FactsCache, SteppedClock],
+) -> None:
+    """With many end users nearly every request is a shape not seen within the lifetime; its key
+    chain, end user and tags usually were, and then no database read is needed — until a part expires."""
+    facts, clock = cache
+    engine = facts.sessions.kw["bind"]
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    key = "sk-sg-unknown"
+    await facts.load(api_key=key, model="gpt-4o", end_user="eu-1", tags=["chat"])
+    await facts.load(api_key=key, model="gpt-4o", end_user="eu-2", tags=["code"])
+    assert statements
+    statements.clear()
+    clock.now += 0.3
+
+    for end_user, tags in (("eu-2", ["chat"]), ("eu-1", []), (None, ["code", "chat"]), ("eu-1", ["code"])):
+        assembled = await facts.load(api_key=key, model="gpt-4o", end_user=end_user, tags=tags)
+        assert assembled.end_user is None if end_user is None else assembled.end_user.id == end_user
+        assert [tag.id for tag in assembled.tags] == sorted(tags)
+    assert statements == []
+
+    await facts.load(api_key=key, model="gpt-5", end_user="eu-1", tags=[])  # another model: another chain
+    assert statements
+    statements.clear()
+    clock.now += 0.3  # the first reads are 0.6 s old: past their lifetime, so are shapes made of them
+    await facts.load(api_key=key, model="gpt-4o", end_user="eu-2", tags=["chat"])
+    assert statements

@@ -5,6 +5,12 @@ come from ONE indexed query by key hash; end users and tags named by the request
 small query only when the request names any. Results are cached per process for at most
 `facts_cache_seconds` (≤ 1 s), which is how an admin change reaches every replica in time.
 
+They are cached twice over: whole, per request shape (key, model, end user, tags), and in parts —
+the key chain per (key, model), each end user and each tag on its own. With many end users nearly
+every request is a shape not seen within the lifetime, but its key chain and end user usually
+were: such a request is assembled from the parts, without a database read. Every part is at most
+`facts_cache_seconds` old, so the bound an admin change waits for is the same either way.
+
 A gateway-asserted principal (identity.py) is looked up by ids instead, with the same row shape:
 the key, user, team and membership it names, the org it asserts (or else the stored ones), and
 their budgets. The asserted team, user and org are the request's facts even where stored rows
@@ -25,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import TextualSelect
 from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .budgets import BudgetSpec
 from .db import SessionFactory, execute_core, wrap_database_errors
@@ -99,8 +106,34 @@ class RequestFacts:
         return [entity for entity in found if entity is not None]
 
 
-#: A hard bound on cached request shapes per replica, whatever the request rate.
+#: A hard bound on cached request shapes (and on cached parts of each kind) per replica, whatever the rate.
 MAX_ENTRIES = 50_000
+
+
+class _Chain(NamedTuple):
+    """The part of a request's facts that its key (or principal) and model decide."""
+
+    key: KeyFacts | None
+    user: EntityFacts | None
+    team: EntityFacts | None
+    team_member: EntityFacts | None
+    orgs: tuple[EntityFacts, ...]
+    key_model: EntityFacts | None
+    identity_source: IdentitySource
+
+
+#: Parts of one shape just read from the database: its key chain (None: it was cached) and its named entities.
+_Read = tuple[_Chain | None, dict[tuple[str, str], EntityFacts]]
+
+
+def _drop_expired(entries: OrderedDict[Any, tuple[float, Any]], now: float, ttl_seconds: float) -> None:
+    """Forget entries past their lifetime (oldest first), so memory follows the request rate of the last
+    `ttl_seconds` rather than every key ever seen, and never holds more than MAX_ENTRIES."""
+    while entries:
+        loaded_at, _value = next(iter(entries.values()))
+        if now - loaded_at < ttl_seconds and len(entries) <= MAX_ENTRIES:
+            return
+        entries.popitem(last=False)
 
 
 def _window(row: Any) -> BudgetWindow:
@@ -121,6 +154,9 @@ class FactsCache:
     #: Reads in flight per request shape: when an entry expires under load, the requests that
     #: find it missing share one read instead of each reading the database.
     _loading: dict[tuple[Any, ...], asyncio.Future[RequestFacts]] = field(default_factory=dict)
+    #: The parts: key chains by (key hash or principal, model); end users and tags by (type, id).
+    _chains: OrderedDict[tuple[Any, ...], tuple[float, _Chain]] = field(default_factory=OrderedDict)
+    _named: OrderedDict[tuple[str, str], tuple[float, EntityFacts]] = field(default_factory=OrderedDict)
     _default_end_user: tuple[BudgetWindow, ...] = ()
     _default_budgets: DefaultBudgets = field(default_factory=dict)
 
@@ -135,6 +171,8 @@ class FactsCache:
     def invalidate(self) -> None:
         """Forget everything (this replica). Other replicas forget within `ttl_seconds`."""
         self._entries.clear()
+        self._chains.clear()
+        self._named.clear()
 
     async def load(
         self,
@@ -147,18 +185,23 @@ class FactsCache:
     ) -> RequestFacts:
         """The facts of a request identified by `api_key` or by a gateway's `principal` (exactly one)."""
         named = (model, end_user, tuple(sorted(set(tags))))
-        cache_key: tuple[Any, ...]
+        identity: tuple[Any, ...]
         if principal is not None:
             # A separate shape from secrets' hashes: the first element can never be a hash.
-            cache_key = ("gateway", principal.key, principal.user, principal.team, principal.org, *named)
+            identity = ("gateway", principal.key, principal.user, principal.team, principal.org)
         elif api_key is not None:
-            cache_key = (hash_secret(api_key), *named)
+            identity = (hash_secret(api_key),)
         else:
             raise ValueError("facts need an api_key or a principal")
+        cache_key = (*identity, *named)
         now = self.clock()
         hit = self._entries.get(cache_key)
         if hit is not None and now - hit[0] < self.ttl_seconds:
             return hit[1]
+        assembled = self._from_parts((*identity, model), end_user, named[2], now, max_age=self.ttl_seconds)
+        if assembled is not None:
+            self._keep(cache_key, *assembled, now)
+            return assembled[1]
         loading = self._loading.get(cache_key)
         if loading is not None:  # the same shape is being read already: share that read
             try:
@@ -169,11 +212,14 @@ class FactsCache:
                 # the reading request was cancelled (its client left): read here instead
         loading = asyncio.get_running_loop().create_future()
         self._loading[cache_key] = loading
+        chain_key = (*identity, model)
         try:
-            if principal is not None:
-                facts = await self._query_principal(principal, *named)
-            else:
-                facts = await self._query(*cache_key)
+            assembled = None
+            while assembled is None:  # again only if a part was forgotten while this read waited
+                read = await self._read_missing(chain_key, principal, model, end_user, named[2], now)
+                # What was just read is used even with a lifetime of 0; the other parts are fresh.
+                assembled = self._from_parts(chain_key, end_user, named[2], now, max_age=self.ttl_seconds, read=read)
+            loaded_at, facts = assembled
         except asyncio.CancelledError:
             loading.cancel()
             raise
@@ -186,57 +232,114 @@ class FactsCache:
         finally:
             if self._loading.get(cache_key) is loading:
                 del self._loading[cache_key]
-        self._entries.pop(cache_key, None)  # re-inserted at the back: it is the newest now
-        self._entries[cache_key] = (now, facts)
-        self._drop_expired(now)
+        self._keep(cache_key, loaded_at, facts, now)
         return facts
 
-    def _drop_expired(self, now: float) -> None:
-        """Forget entries past their lifetime, so memory follows the request rate of the last
-        `ttl_seconds` rather than every request shape ever seen (with many end users nearly
-        every authorize is a new shape)."""
-        entries = self._entries
-        while entries:
-            loaded_at, _facts = next(iter(entries.values()))
-            if now - loaded_at < self.ttl_seconds and len(entries) <= MAX_ENTRIES:
-                return
-            entries.popitem(last=False)
+    def _keep(self, cache_key: tuple[Any, ...], loaded_at: float, facts: RequestFacts, now: float) -> None:
+        self._entries.pop(cache_key, None)  # re-inserted at the back: it is the newest now
+        self._entries[cache_key] = (loaded_at, facts)
+        _drop_expired(self._entries, now, self.ttl_seconds)
 
-    async def _query(
-        self, key_hash: str, model: str | None, end_user: str | None, tags: tuple[str, ...]
-    ) -> RequestFacts:
-        params = {"key_hash": key_hash, "model": model or "", "end_user": end_user, "tags": list(tags)}
-        async with wrap_database_errors():
-            rows, named = await self._read(KEY_CHAIN_SQL, params, end_user, tags)
-        return self._assemble(rows, named, model, end_user, tags)
+    def _from_parts(
+        self, chain_key: tuple[Any, ...], end_user: str | None, tags: tuple[str, ...], now: float, *,
+        max_age: float, read: _Read | None = None,
+    ) -> tuple[float, RequestFacts] | None:
+        """The facts of a shape made of its parts — those just `read`, else cached ones — and when its
+        oldest part was read; None when a part is missing, or cached and older than `max_age`."""
+        chain_read, named_read = read if read is not None else (None, {})
+        found = self._chains.get(chain_key) if chain_read is None else (now, chain_read)
+        if found is None or (chain_read is None and now - found[0] >= max_age):
+            return None
+        oldest, chain = found
+        parts: list[EntityFacts] = []
+        for name in ((("end_user", end_user),) if end_user else ()) + tuple(("tag", tag) for tag in tags):
+            just_read = named_read.get(name)
+            part = (now, just_read) if just_read is not None else self._named.get(name)
+            if part is None or (just_read is None and now - part[0] >= max_age):
+                return None
+            oldest = min(oldest, part[0])
+            parts.append(part[1])
+        eu = parts.pop(0) if end_user else None
+        return oldest, RequestFacts(
+            key=chain.key, user=chain.user, team=chain.team, team_member=chain.team_member, orgs=chain.orgs,
+            key_model=chain.key_model, end_user=eu, tags=tuple(parts), identity_source=chain.identity_source,
+        )
 
-    async def _query_principal(
-        self, principal: Principal, model: str | None, end_user: str | None, tags: tuple[str, ...]
-    ) -> RequestFacts:
+    def _fresh(self, entries: OrderedDict[Any, tuple[float, Any]], key: Any, now: float) -> bool:
+        found = entries.get(key)
+        return found is not None and now - found[0] < self.ttl_seconds
+
+    async def _read_missing(
+        self,
+        chain_key: tuple[Any, ...],
+        principal: Principal | None,
+        model: str | None,
+        end_user: str | None,
+        tags: tuple[str, ...],
+        now: float,
+    ) -> _Read:
+        """Read the parts of a shape that are not cached (or past their lifetime), cache them, and
+        return them."""
+        missing_end_user = end_user if end_user and not self._fresh(self._named, ("end_user", end_user), now) else None
+        missing_tags = tuple(tag for tag in tags if not self._fresh(self._named, ("tag", tag), now))
+        chain: _Chain | None = None
+        named: dict[tuple[str, str], EntityFacts] = {}
+        async with wrap_database_errors(), self.sessions() as session:  # one connection for both reads
+            if not self._fresh(self._chains, chain_key, now):
+                chain = await (self._read_principal(session, principal, model) if principal is not None
+                               else self._read_chain(session, chain_key[0], model))
+            if missing_end_user or missing_tags:
+                named = await self._read_named(session, missing_end_user, missing_tags)
+        if chain is not None:
+            self._chains.pop(chain_key, None)  # re-inserted at the back: the newest
+            self._chains[chain_key] = (now, chain)
+            _drop_expired(self._chains, now, self.ttl_seconds)
+        for name, entity in named.items():
+            self._named.pop(name, None)
+            self._named[name] = (now, entity)
+        _drop_expired(self._named, now, self.ttl_seconds)
+        return chain, named
+
+    async def _read_chain(self, session: AsyncSession, key_hash: str, model: str | None) -> _Chain:
+        rows = await _rows(session, KEY_CHAIN_SQL, {"key_hash": key_hash, "model": model or ""})
+        return _chain_from_rows(rows, model, "api_key")
+
+    async def _read_principal(self, session: AsyncSession, principal: Principal, model: str | None) -> _Chain:
         params = {
             "key": principal.key, "user": principal.user, "team": principal.team, "org": principal.org,
-            "team_org": principal.team_org, "user_org": principal.user_org,
-            "model": model or "", "end_user": end_user, "tags": list(tags),
+            "team_org": principal.team_org, "user_org": principal.user_org, "model": model or "",
         }
-        async with wrap_database_errors():
-            rows, named = await self._read(PRINCIPAL_SQL, params, end_user, tags)
-            if _unseen(principal, rows):
-                await self._create(principal)
-                rows, named = await self._read(PRINCIPAL_SQL, params, end_user, tags)
-        return self._assemble(rows, named, model, end_user, tags, source="gateway")
+        rows = await _rows(session, PRINCIPAL_SQL, params)
+        if _unseen(principal, rows):
+            await session.rollback()  # end the read's transaction: the rows created are read in a new one
+            await self._create(principal)
+            rows = await _rows(session, PRINCIPAL_SQL, params)
+        return _chain_from_rows(rows, model, "gateway")
 
-    async def _read(
-        self, chain: TextualSelect, params: dict[str, Any], end_user: str | None, tags: tuple[str, ...]
-    ) -> tuple[Sequence[Any], Sequence[Any]]:
-        """The key chain's rows, and the named end user's and tags' rows when the request names any."""
-        async with self.sessions() as session:
-            rows = (await execute_core(session, chain, params)).all()
-            named = (
-                (await execute_core(session, NAMED_SQL, {"end_user": end_user, "tags": list(tags)})).all()
-                if end_user or tags
-                else []
-            )
-        return rows, named
+    async def _read_named(
+        self, session: AsyncSession, end_user: str | None, tags: tuple[str, ...]
+    ) -> dict[tuple[str, str], EntityFacts]:
+        """The facts of the end user and tags named (those never created too: known False)."""
+        rows = await _rows(session, NAMED_SQL, {"end_user": end_user, "tags": list(tags)})
+        known: dict[tuple[str, str], bool] = {}
+        budgets: dict[tuple[str, str], dict[int, BudgetWindow]] = {}
+        for row in rows:
+            if row.b_id is None:
+                known[(row.kind, row.id)] = bool(row.blocked)
+            else:
+                budgets.setdefault((row.kind, row.id), {})[row.b_id] = _window(row)
+
+        def entity(kind: str, entity_id: str, default: tuple[BudgetWindow, ...] = ()) -> EntityFacts:
+            found = budgets.get((kind, entity_id), {})
+            windows = tuple(found[i] for i in sorted(found))
+            is_known = (kind, entity_id) in known
+            return EntityFacts(kind, entity_id, known.get((kind, entity_id), False), is_known,
+                               windows or (() if is_known else default))
+
+        named = {("tag", tag): entity("tag", tag) for tag in tags}
+        if end_user:
+            named[("end_user", end_user)] = entity("end_user", end_user, self._default_end_user)
+        return named
 
     async def _create(self, principal: Principal) -> None:
         """Create what the principal names and nobody created yet (one short write transaction)."""
@@ -252,63 +355,46 @@ class FactsCache:
                 await session.rollback()
                 log.warning("entities of gateway key %s were not all created: %s", principal.key, type(exc).__name__)
 
-    def _assemble(
-        self,
-        rows: Sequence[Any],
-        named: Sequence[Any],
-        model: str | None,
-        end_user: str | None,
-        tags: tuple[str, ...],
-        source: IdentitySource = "api_key",
-    ) -> RequestFacts:
-        budgets: dict[tuple[str, str], dict[int, BudgetWindow]] = {}
-        for row in rows:
-            if row.b_id is not None:
-                budgets.setdefault((row.b_type, row.b_entity), {})[row.b_id] = _window(row)
 
-        def windows(entity_type: str, entity_id: str) -> tuple[BudgetWindow, ...]:
-            found = budgets.get((entity_type, entity_id), {})
-            return tuple(found[i] for i in sorted(found))
+async def _rows(session: AsyncSession, statement: TextualSelect, params: dict[str, Any]) -> Sequence[Any]:
+    return (await execute_core(session, statement, params)).all()
 
-        known = {(row.kind, row.id): bool(row.blocked) for row in named}
-        eu = None
-        if end_user:
-            is_known = ("end_user", end_user) in known
-            eu = EntityFacts(
-                "end_user", end_user, known.get(("end_user", end_user), False), is_known,
-                windows("end_user", end_user) or (() if is_known else self._default_end_user),
-            )
-        tag_facts = tuple(
-            EntityFacts("tag", tag, known.get(("tag", tag), False), ("tag", tag) in known, windows("tag", tag))
-            for tag in tags
-        )
-        if not rows or rows[0].k_id is None:
-            return RequestFacts(key=None, end_user=eu, tags=tag_facts, identity_source=source)
-        first = rows[0]
-        key = KeyFacts(first.k_id, first.k_user, first.k_team, bool(first.k_blocked), first.k_expires,
-                       tuple(first.k_models or ()), windows("key", first.k_id))
-        user = team = member = key_model = None
-        if first.u_id is not None:
-            user = EntityFacts("user", first.u_id, bool(first.u_blocked), budgets=windows("user", first.u_id),
-                               org_id=first.u_org)
-        if first.t_id is not None:
-            team = EntityFacts("team", first.t_id, bool(first.t_blocked), budgets=windows("team", first.t_id),
-                               org_id=first.t_org)
-        if first.m_team is not None and user is not None:
-            member_id = f"{first.m_team}/{user.id}"
-            member = EntityFacts("team_member", member_id, bool(first.m_blocked),
-                                 budgets=windows("team_member", member_id))
-        if model and windows("key_model", f"{key.id}/{model}"):
-            key_model = EntityFacts("key_model", f"{key.id}/{model}", budgets=windows("key_model", f"{key.id}/{model}"))
-        orgs = {
-            row.o_id: EntityFacts("org", row.o_id, bool(row.o_blocked), budgets=windows("org", row.o_id))
-            for row in rows
-            if row.o_id is not None
-        }
-        return RequestFacts(
-            key=key, user=user, team=team, team_member=member, orgs=tuple(orgs[o] for o in sorted(orgs)),
-            key_model=key_model, end_user=eu, tags=tag_facts, identity_source=source,
-        )
+
+def _chain_from_rows(rows: Sequence[Any], model: str | None, source: IdentitySource) -> _Chain:
+    """The key chain's facts from its rows (one per org × budget)."""
+    budgets: dict[tuple[str, str], dict[int, BudgetWindow]] = {}
+    for row in rows:
+        if row.b_id is not None:
+            budgets.setdefault((row.b_type, row.b_entity), {})[row.b_id] = _window(row)
+
+    def windows(entity_type: str, entity_id: str) -> tuple[BudgetWindow, ...]:
+        found = budgets.get((entity_type, entity_id), {})
+        return tuple(found[i] for i in sorted(found))
+
+    if not rows or rows[0].k_id is None:
+        return _Chain(None, None, None, None, (), None, source)
+    first = rows[0]
+    key = KeyFacts(first.k_id, first.k_user, first.k_team, bool(first.k_blocked), first.k_expires,
+                   tuple(first.k_models or ()), windows("key", first.k_id))
+    user = team = member = key_model = None
+    if first.u_id is not None:
+        user = EntityFacts("user", first.u_id, bool(first.u_blocked), budgets=windows("user", first.u_id),
+                           org_id=first.u_org)
+    if first.t_id is not None:
+        team = EntityFacts("team", first.t_id, bool(first.t_blocked), budgets=windows("team", first.t_id),
+                           org_id=first.t_org)
+    if first.m_team is not None and user is not None:
+        member_id = f"{first.m_team}/{user.id}"
+        member = EntityFacts("team_member", member_id, bool(first.m_blocked),
+                             budgets=windows("team_member", member_id))
+    if model and windows("key_model", f"{key.id}/{model}"):
+        key_model = EntityFacts("key_model", f"{key.id}/{model}", budgets=windows("key_model", f"{key.id}/{model}"))
+    orgs = {
+        row.o_id: EntityFacts("org", row.o_id, bool(row.o_blocked), budgets=windows("org", row.o_id))
+        for row in rows
+        if row.o_id is not None
+    }
+    return _Chain(key, user, team, member, tuple(orgs[o] for o in sorted(orgs)), key_model, source)
 
 
 def _unseen(principal: Principal, rows: Sequence[Any]) -> bool:

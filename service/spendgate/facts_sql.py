@@ -2,7 +2,9 @@
 
 `KEY_CHAIN_SQL` starts from a secret's hash; `PRINCIPAL_SQL` from the ids a gateway asserts
 (identity.py) and returns the same columns, so one assembly serves both. `NAMED_SQL` reads the
-end user and tags a request names.
+end user and tags a request names, and their budgets: a part of the facts of its own, cached per
+entity (facts.py), so that a request whose key chain is cached and whose end user is new reads
+only that.
 """
 
 from __future__ import annotations
@@ -36,11 +38,9 @@ KEY_CHAIN_SQL = text(
         OR (b.entity_type = 'team' AND b.entity_id = k.team_id)
         OR (b.entity_type = 'team_member' AND b.entity_id = k.team_id || '/' || k.user_id)
         OR (b.entity_type = 'org' AND b.entity_id = o.id)
-        OR (b.entity_type = 'end_user' AND b.entity_id = :end_user)
-        OR (b.entity_type = 'tag' AND b.entity_id IN :tags)
     WHERE k.key_hash = :key_hash AND k.deleted_at IS NULL
     """
-).bindparams(bindparam("tags", expanding=True, type_=String)).columns(
+).columns(
     k_blocked=Boolean, k_expires=UtcDateTime, k_models=JSON, u_blocked=Boolean, t_blocked=Boolean,
     m_blocked=Boolean, o_blocked=Boolean, b_set_at=UtcDateTime,
 )
@@ -72,19 +72,25 @@ PRINCIPAL_SQL = text(
         OR (b.entity_type = 'team' AND b.entity_id = t.id)
         OR (b.entity_type = 'team_member' AND b.entity_id = m.team_id || '/' || m.user_id)
         OR (b.entity_type = 'org' AND b.entity_id = o.id)
-        OR (b.entity_type = 'end_user' AND b.entity_id = :end_user)
-        OR (b.entity_type = 'tag' AND b.entity_id IN :tags)
     """
-).bindparams(bindparam("tags", expanding=True, type_=String)).columns(
+).columns(
     k_blocked=Boolean, k_expires=UtcDateTime, k_models=JSON, u_blocked=Boolean, t_blocked=Boolean,
     m_blocked=Boolean, o_blocked=Boolean, b_set_at=UtcDateTime,
 )
 
 
+#: The budgets of the named end user and tags (kind and id of the budget's entity; blocked null), then
+#: a row for each of those that exists (b_id null): a budget may name an end user or tag never created.
+#: The budgets come first so that PostgreSQL types the union's columns from theirs.
 NAMED_SQL = text(
     """
-    SELECT 'end_user' AS kind, id, blocked FROM end_users WHERE id = :end_user
+    SELECT entity_type AS kind, entity_id AS id, NULL AS blocked, id AS b_id, max_budget AS b_max,
+           soft_budget AS b_soft, duration AS b_duration, reset AS b_reset, set_at AS b_set_at
+    FROM budgets
+    WHERE (entity_type = 'end_user' AND entity_id = :end_user) OR (entity_type = 'tag' AND entity_id IN :tags)
     UNION ALL
-    SELECT 'tag' AS kind, id, blocked FROM tags WHERE id IN :tags
+    SELECT 'end_user', id, blocked, NULL, NULL, NULL, NULL, NULL, NULL FROM end_users WHERE id = :end_user
+    UNION ALL
+    SELECT 'tag', id, blocked, NULL, NULL, NULL, NULL, NULL, NULL FROM tags WHERE id IN :tags
     """
-).bindparams(bindparam("tags", expanding=True, type_=String)).columns(blocked=Boolean)
+).bindparams(bindparam("tags", expanding=True, type_=String)).columns(blocked=Boolean, b_set_at=UtcDateTime)
