@@ -11,6 +11,7 @@ run() { echo "\$ $*" | tee -a "$OUT/results.txt"; "$@" 2>>"$OUT/stderr.txt" | te
 if [ "${1:-all}" = all ] || [ "$1" = micro ]; then
   run $PY bench/lua_floor.py
   run $PY bench/policy_eval.py
+  run $PY bench/redis_pool.py
   run $PY bench/cost_split.py --end-users 1
   run $PY bench/cost_split.py
   run $PY bench/cost_split.py --no-pre-ping

@@ -224,9 +224,9 @@ MUTATIONS = [
         "died with a restarted Redis",
         (RESTART, DOWN),
         (
-            ("runtime.py",
-             "                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),\n",
-             "                # MUTATION: no retry\n"),
+            ("counters/redis_pool.py",
+             "        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),\n",
+             "        # MUTATION: no retry\n"),
         ),
     ),
 ]
