@@ -139,3 +139,25 @@ async def test_a_new_shape_made_of_parts_read_within_their_lifetime_is_assembled
     clock.now += 0.3  # the first reads are 0.6 s old: past their lifetime, so are shapes made of them
     await facts.load(api_key=key, model="gpt-4o", end_user="eu-2", tags=["chat"])
     assert statements
+
+
+async def test_a_cached_part_that_expires_while_a_read_waits_is_read_again(
+    cache: tuple[FactsCache, SteppedClock],
+) -> None:
+    """Facts are never older than their lifetime: when the read of a shape's missing part takes long
+    enough for a cached part of it to expire, that part is read again rather than used."""
+    facts, clock = cache
+    engine = facts.sessions.kw["bind"]
+    statements: list[str] = []
+    key = "sk-sg-unknown"
+    await facts.load(api_key=key, model="gpt-4o", end_user="eu-1", tags=[])  # the chain, read at 1000.0
+    clock.now += 0.3
+
+    def slow_read(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append("chain" if "FROM keys" in statement else "named")
+        if len(statements) == 1:
+            clock.now += 0.3  # the first read (eu-2's) ends at 1000.6: the cached chain is 0.6 s old by then
+
+    event.listen(engine.sync_engine, "before_cursor_execute", slow_read)
+    await facts.load(api_key=key, model="gpt-4o", end_user="eu-2", tags=[])
+    assert statements == ["named", "chain"]

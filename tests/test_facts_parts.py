@@ -33,21 +33,32 @@ async def test_facts_assembled_from_parts_equal_the_facts_read_for_that_shape(
     await create(admin, "tags", {"id": "chat", "budget": DAY})
     await create(admin, "tags", {"id": "blocked-tag", "blocked": True})
 
-    cached: FactsCache = app.runtime.facts
-    fresh = FactsCache(cached.sessions, ttl_seconds=60, settings=app.settings)
+    sessions = app.runtime.facts.sessions
+    cached = FactsCache(sessions, ttl_seconds=60, settings=app.settings)  # no part expires during the test
     for end_user, tags in (("eu-known", ["chat"]), ("eu-blocked", ["blocked-tag"]), ("eu-new", ["unknown-tag"])):
         await cached.load(api_key=secret, model="gpt-4o", end_user=end_user, tags=tags)
 
     statements: list[str] = []
-    engine = cached.sessions.kw["bind"]
+    engine = sessions.kw["bind"]
     event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     shapes = [("eu-new", ["chat", "blocked-tag"]), ("eu-blocked", ["unknown-tag"]), ("eu-known", []), (None, ["chat"])]
     assembled = [await cached.load(api_key=secret, model="gpt-4o", end_user=e, tags=t) for e, t in shapes]
     assert statements == [], "assembled from parts, without a read"
-    read = [await fresh.load(api_key=secret, model="gpt-4o", end_user=e, tags=t) for e, t in shapes]
-    assert statements, "the fresh cache read the database"
+    # Each shape read whole from the database by a cache that keeps nothing (lifetime 0).
+    read = [
+        await FactsCache(sessions, ttl_seconds=0, settings=app.settings).load(
+            api_key=secret, model="gpt-4o", end_user=e, tags=t)
+        for e, t in shapes
+    ]
+    assert len(statements) == 2 * len(shapes), "each shape: its key chain and its named entities"
     assert assembled == read
-    new = assembled[0]
+    new, _blocked, known, untagged = assembled
+    day = [(w.max_budget, w.duration) for w in known.end_user.budgets]  # type: ignore[union-attr]
+    assert day == [(10_000_000_000, "1d")]
     assert new.key is not None and new.key_model is not None and new.team_member is not None
-    assert new.end_user is not None and not new.end_user.known and new.end_user.budgets  # the default budget
-    assert [(tag.id, tag.blocked, tag.known) for tag in new.tags] == [("blocked-tag", True, True), ("chat", False, True)]
+    assert len(new.orgs) == 1 and new.orgs[0].budgets
+    assert new.end_user is not None and not new.end_user.known
+    assert [(w.max_budget, w.duration) for w in new.end_user.budgets] == [(5_000_000_000, None)]  # the default
+    assert [(tag.id, tag.blocked, tag.known, len(tag.budgets)) for tag in new.tags] == [
+        ("blocked-tag", True, True, 0), ("chat", False, True, 1)]
+    assert untagged.end_user is None and [t.id for t in untagged.tags] == ["chat"]

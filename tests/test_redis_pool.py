@@ -5,7 +5,6 @@ Redis into 503s — and a pool that stays full fails with a redis ConnectionErro
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from redis.exceptions import MaxConnectionsError
@@ -15,28 +14,14 @@ from support.app import AppFactory
 from support.scenario import authorize, create, ledger
 
 
-def _in_use(pool: Any) -> int:
-    return len(pool._in_use_connections)
-
-
 async def test_calls_beyond_the_pool_size_wait_for_a_connection_and_all_succeed(redis_url: str) -> None:
     client = redis_client(redis_url, max_connections=3)
     pool = client.connection_pool
-    most_in_use = 0
-
-    async def one(i: int) -> Any:
-        nonlocal most_in_use
-        # EVAL holding its connection until Redis answers; the loop below keeps all 40 in flight at once.
-        reply = await client.eval("return ARGV[1]", 0, str(i))
-        most_in_use = max(most_in_use, _in_use(pool))
-        return reply
-
     try:
-        replies = await asyncio.gather(*(one(i) for i in range(40)))
+        # 40 commands in flight at once, each holding a connection until Redis answers.
+        replies = await asyncio.gather(*(client.eval("return ARGV[1]", 0, str(i)) for i in range(40)))
         assert replies == [str(i).encode() for i in range(40)]
-        assert most_in_use <= 3
-        assert len(pool._available_connections) + _in_use(pool) <= 3
-        assert not pool._waiters, "no waiter is left behind"
+        assert not pool._waiters and pool._promised == 0, "no waiter or promise is left behind"
     finally:
         await client.aclose()
 
@@ -81,6 +66,50 @@ async def test_a_waiting_caller_is_handed_the_next_released_connection(redis_url
     second = await asyncio.wait_for(waiting, 5)
     assert second is first  # the one connection, reused
     await pool.release(second)
+    await pool.disconnect()
+
+
+async def test_a_waiter_is_served_before_a_caller_that_releases_and_asks_again(redis_url: str) -> None:
+    """A busy caller releasing its connection and asking again at once must queue behind the waiter:
+    else it keeps the connection to itself and the waiter times out while connections keep coming free."""
+    pool = WaitingConnectionPool.from_url(redis_url, max_connections=1, wait_seconds=30)
+    cycles = 0
+    served_after: list[int] = []
+
+    async def busy() -> None:
+        nonlocal cycles
+        while not served_after:
+            connection = await pool.get_connection()
+            await asyncio.sleep(0)
+            await pool.release(connection)
+            cycles += 1
+
+    async def waiter() -> None:
+        connection = await pool.get_connection()
+        served_after.append(cycles)
+        await pool.release(connection)
+
+    hog = asyncio.ensure_future(busy())
+    while cycles == 0:
+        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(waiter(), hog), 30)
+    assert served_after[0] <= 3, f"the waiter was served only after {served_after[0]} release cycles"
+    await pool.disconnect()
+
+
+async def test_a_woken_waiter_that_is_cancelled_passes_its_turn_to_the_next(redis_url: str) -> None:
+    pool = WaitingConnectionPool.from_url(redis_url, max_connections=1, wait_seconds=5)
+    held = await pool.get_connection()
+    first = asyncio.ensure_future(pool.get_connection())
+    second = asyncio.ensure_future(pool.get_connection())
+    while len(pool._waiters) < 2:
+        await asyncio.sleep(0)
+    await pool.release(held)  # promised to `first` ...
+    first.cancel()  # ... which is cancelled before it takes it
+    connection = await asyncio.wait_for(second, 5)
+    assert first.cancelled() and connection is held
+    assert pool._promised == 0 and not pool._waiters
+    await pool.release(connection)
     await pool.disconnect()
 
 

@@ -1,8 +1,8 @@
 """Gather the facts of a request: its key, the entities behind it, their budgets.
 
-The key chain (key, user, team, membership, orgs) and every budget the request could touch
-come from ONE indexed query by key hash; end users and tags named by the request are a second
-small query only when the request names any. Results are cached per process for at most
+The key chain (key, user, team, membership, orgs) and all its budgets come from ONE indexed
+query by key hash; the end user and tags a request names, with their budgets, are a second small
+query only when the request names any. Results are cached per process for at most
 `facts_cache_seconds` (≤ 1 s), which is how an admin change reaches every replica in time.
 
 They are cached twice over: whole, per request shape (key, model, end user, tags), and in parts —
@@ -122,8 +122,9 @@ class _Chain(NamedTuple):
     identity_source: IdentitySource
 
 
-#: Parts of one shape just read from the database: its key chain (None: it was cached) and its named entities.
-_Read = tuple[_Chain | None, dict[tuple[str, str], EntityFacts]]
+#: Parts of one shape just read from the database: when the read began, its key chain (None: it was
+#: cached) and its named entities.
+_Read = tuple[float, _Chain | None, dict[tuple[str, str], EntityFacts]]
 
 
 def _drop_expired(entries: OrderedDict[Any, tuple[float, Any]], now: float, ttl_seconds: float) -> None:
@@ -215,9 +216,10 @@ class FactsCache:
         chain_key = (*identity, model)
         try:
             assembled = None
-            while assembled is None:  # again only if a part was forgotten while this read waited
+            while assembled is None:  # again if a cached part expired (or was forgotten) while this read waited
                 read = await self._read_missing(chain_key, principal, model, end_user, named[2], now)
-                # What was just read is used even with a lifetime of 0; the other parts are fresh.
+                now = self.clock()
+                # What was just read is used even with a lifetime of 0; the cached parts must still be fresh.
                 assembled = self._from_parts(chain_key, end_user, named[2], now, max_age=self.ttl_seconds, read=read)
             loaded_at, facts = assembled
         except asyncio.CancelledError:
@@ -236,6 +238,9 @@ class FactsCache:
         return facts
 
     def _keep(self, cache_key: tuple[Any, ...], loaded_at: float, facts: RequestFacts, now: float) -> None:
+        """Cache a shape, stamped with its oldest part's time. It goes to the back although that time may be
+        older than the stamps in front of it: such an entry is found stale when asked for, and forgotten once
+        it reaches the front (within about two lifetimes, and never beyond MAX_ENTRIES)."""
         self._entries.pop(cache_key, None)  # re-inserted at the back: it is the newest now
         self._entries[cache_key] = (loaded_at, facts)
         _drop_expired(self._entries, now, self.ttl_seconds)
@@ -245,16 +250,16 @@ class FactsCache:
         max_age: float, read: _Read | None = None,
     ) -> tuple[float, RequestFacts] | None:
         """The facts of a shape made of its parts — those just `read`, else cached ones — and when its
-        oldest part was read; None when a part is missing, or cached and older than `max_age`."""
-        chain_read, named_read = read if read is not None else (None, {})
-        found = self._chains.get(chain_key) if chain_read is None else (now, chain_read)
+        oldest part was read; None when a part is missing, or cached and older than `max_age` at `now`."""
+        read_at, chain_read, named_read = read if read is not None else (now, None, {})
+        found = self._chains.get(chain_key) if chain_read is None else (read_at, chain_read)
         if found is None or (chain_read is None and now - found[0] >= max_age):
             return None
         oldest, chain = found
         parts: list[EntityFacts] = []
         for name in ((("end_user", end_user),) if end_user else ()) + tuple(("tag", tag) for tag in tags):
             just_read = named_read.get(name)
-            part = (now, just_read) if just_read is not None else self._named.get(name)
+            part = (read_at, just_read) if just_read is not None else self._named.get(name)
             if part is None or (just_read is None and now - part[0] >= max_age):
                 return None
             oldest = min(oldest, part[0])
@@ -282,10 +287,13 @@ class FactsCache:
         return them."""
         missing_end_user = end_user if end_user and not self._fresh(self._named, ("end_user", end_user), now) else None
         missing_tags = tuple(tag for tag in tags if not self._fresh(self._named, ("tag", tag), now))
+        read_chain = not self._fresh(self._chains, chain_key, now)
         chain: _Chain | None = None
         named: dict[tuple[str, str], EntityFacts] = {}
+        if not (read_chain or missing_end_user or missing_tags):
+            return now, chain, named  # another request of a shape with these parts read them meanwhile
         async with wrap_database_errors(), self.sessions() as session:  # one connection for both reads
-            if not self._fresh(self._chains, chain_key, now):
+            if read_chain:
                 chain = await (self._read_principal(session, principal, model) if principal is not None
                                else self._read_chain(session, chain_key[0], model))
             if missing_end_user or missing_tags:
@@ -298,7 +306,7 @@ class FactsCache:
             self._named.pop(name, None)
             self._named[name] = (now, entity)
         _drop_expired(self._named, now, self.ttl_seconds)
-        return chain, named
+        return now, chain, named
 
     async def _read_chain(self, session: AsyncSession, key_hash: str, model: str | None) -> _Chain:
         rows = await _rows(session, KEY_CHAIN_SQL, {"key_hash": key_hash, "model": model or ""})
