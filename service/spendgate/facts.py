@@ -127,6 +127,14 @@ class _Chain(NamedTuple):
 _Read = tuple[float, _Chain | None, dict[tuple[str, str], EntityFacts]]
 
 
+def _put(entries: OrderedDict[Any, tuple[float, Any]], key: Any, value: tuple[float, Any], now: float,
+         ttl_seconds: float) -> None:
+    """Cache `value` (its time, then itself) at the back, as the newest, and forget what expired."""
+    entries.pop(key, None)
+    entries[key] = value
+    _drop_expired(entries, now, ttl_seconds)
+
+
 def _drop_expired(entries: OrderedDict[Any, tuple[float, Any]], now: float, ttl_seconds: float) -> None:
     """Forget entries past their lifetime (oldest first), so memory follows the request rate of the last
     `ttl_seconds` rather than every key ever seen, and never holds more than MAX_ENTRIES."""
@@ -241,9 +249,7 @@ class FactsCache:
         """Cache a shape, stamped with its oldest part's time. It goes to the back although that time may be
         older than the stamps in front of it: such an entry is found stale when asked for, and forgotten once
         it reaches the front (within about two lifetimes, and never beyond MAX_ENTRIES)."""
-        self._entries.pop(cache_key, None)  # re-inserted at the back: it is the newest now
-        self._entries[cache_key] = (loaded_at, facts)
-        _drop_expired(self._entries, now, self.ttl_seconds)
+        _put(self._entries, cache_key, (loaded_at, facts), now, self.ttl_seconds)
 
     def _from_parts(
         self, chain_key: tuple[Any, ...], end_user: str | None, tags: tuple[str, ...], now: float, *,
@@ -299,13 +305,9 @@ class FactsCache:
             if missing_end_user or missing_tags:
                 named = await self._read_named(session, missing_end_user, missing_tags)
         if chain is not None:
-            self._chains.pop(chain_key, None)  # re-inserted at the back: the newest
-            self._chains[chain_key] = (now, chain)
-            _drop_expired(self._chains, now, self.ttl_seconds)
+            _put(self._chains, chain_key, (now, chain), now, self.ttl_seconds)
         for name, entity in named.items():
-            self._named.pop(name, None)
-            self._named[name] = (now, entity)
-        _drop_expired(self._named, now, self.ttl_seconds)
+            _put(self._named, name, (now, entity), now, self.ttl_seconds)
         return now, chain, named
 
     async def _read_chain(self, session: AsyncSession, key_hash: str, model: str | None) -> _Chain:
