@@ -12,6 +12,7 @@ if [ "${1:-all}" = all ] || [ "$1" = micro ]; then
   run $PY bench/lua_floor.py
   run $PY bench/policy_eval.py
   run $PY bench/redis_pool.py
+  run $PY bench/redis_writes.py
   run $PY bench/cost_split.py --end-users 1
   run $PY bench/cost_split.py
   run $PY bench/cost_split.py --no-pre-ping

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
-from .redis_packing import pack_with_hiredis
+from .redis_connection import service_connections
 
 __all__ = ["WaitingConnectionPool", "redis_client"]
 
@@ -107,7 +107,7 @@ class WaitingConnectionPool(ConnectionPool):
 
 def redis_client(url: str, *, max_connections: int) -> aioredis.Redis:
     """The client for `url`: at most `max_connections` connections, callers queueing for them,
-    commands packed by hiredis (redis_packing.py)."""
+    commands packed by hiredis and writes that keep a caller's cancellation (redis_connection.py)."""
     pool = WaitingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -119,4 +119,4 @@ def redis_client(url: str, *, max_connections: int) -> aioredis.Redis:
         # fresh connection is safe: every script is idempotent per request id / version.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return pack_with_hiredis(aioredis.Redis.from_pool(pool))  # closing the client closes its pool
+    return service_connections(aioredis.Redis.from_pool(pool))  # closing the client closes its pool
