@@ -4,13 +4,15 @@ redis-py bounds each write with `asyncio.wait_for`, which on Python 3.11 returns
 caller is cancelled just as the write finishes: the caller carries on as if never cancelled. The
 reservation sweeper did, and the service's shutdown, which cancels it and waits for it, waited for
 ever (CI, in a test whose app stopped while its sweeper talked to Redis). The service's connections
-bound writes with `asyncio.timeout` instead (counters/redis_connection.py)."""
+bound writes with `asyncio.timeout` instead (counters/redis_connection.py); a shutdown also cancels
+again a task that carried on (stopping.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
+import pytest
 from pydantic import SecretStr
 
 from spendgate.api.app import create_app
@@ -47,7 +49,9 @@ async def test_every_cancelled_command_ends_cancelled(redis_url: str) -> None:
     assert outcomes["cancelled"] >= 300, outcomes  # the cancellations did land mid-command
 
 
-async def test_a_service_stops_while_its_sweeper_talks_to_redis(clean_pg: str, redis_url: str) -> None:
+async def test_a_service_stops_while_its_sweeper_talks_to_redis(
+    clean_pg: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # The sweeper runs back to back, so each stop cancels it in the middle of a Redis command.
     settings = Settings(
         database_url=clean_pg, redis_url=redis_url, admin_token=SecretStr(ADMIN_TOKEN),
@@ -68,3 +72,5 @@ async def test_a_service_stops_while_its_sweeper_talks_to_redis(clean_pg: str, r
                     task.cancel()
         assert done, f"stop number {attempt + 1} was still waiting after 30 s (a task lost its cancellation)"
         stopping.result()
+    # The shutdown cancels a task again if it carried on (stopping.py); none had to be.
+    assert not [r.message for r in caplog.records if "carried on after it was cancelled" in r.message]

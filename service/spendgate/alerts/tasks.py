@@ -9,6 +9,7 @@ import logging
 
 from ..decision_store import BackgroundWriter
 from ..runtime import Runtime
+from ..stopping import cancel_and_wait
 from .config import AlertConfig
 from .delivery import DeliveryWorker
 from .recording import AlertOutboxWriter
@@ -39,11 +40,7 @@ class Alerting:
         tasks = [task for task in (self._writing, self._delivering) if task is not None]
         if self._delivering is not None:
             await asyncio.wait([self._delivering], timeout=timeout)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
 
 
 def start_alerting(runtime: Runtime) -> Alerting:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from ..policy.reload import policy_reloader
 from ..reconcile.periodic import reconcile_periodically
 from ..runtime import Runtime, open_runtime
 from ..settings import Settings, get_settings
+from ..stopping import cancel_and_wait
 from . import (
     routes_admin,
     routes_admin_lists,
@@ -83,11 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 await alerting.stop()
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await cancel_and_wait(tasks)
 
     # FastAPI's own OpenTelemetry hooks are off: Spendgate's metrics are Prometheus (/metrics), and
     # the hooks' per-request check showed in the decision path's profile.
