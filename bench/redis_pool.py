@@ -13,10 +13,8 @@ a lock and arms a timer on every call. The pool is never full here: this is the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -24,6 +22,7 @@ import uvloop
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 
 from _common import machine_summary, services
+from _redis_turns import best_rounds
 from spendgate.counters.redis_pool import WaitingConnectionPool
 
 POOLS: dict[str, type[ConnectionPool]] = {
@@ -34,25 +33,10 @@ POOLS: dict[str, type[ConnectionPool]] = {
 
 
 async def measure(url: str, rounds: int, calls: int, concurrency: int) -> dict[str, float]:
+    """Each pool's best round, in wall seconds a call."""
     clients = {name: aioredis.Redis.from_pool(pool.from_url(url, max_connections=100)) for name, pool in POOLS.items()}
-    best = dict.fromkeys(clients, float("inf"))
-    try:
-        for client in clients.values():
-            await client.set("bench-pool", "1")
-        for _ in range(rounds):
-            for name, client in clients.items():
-
-                async def worker(client: aioredis.Redis = client) -> None:
-                    for _ in range(calls):
-                        await client.get("bench-pool")
-
-                start = time.perf_counter()
-                await asyncio.gather(*(worker() for _ in range(concurrency)))
-                best[name] = min(best[name], (time.perf_counter() - start) / (calls * concurrency))
-    finally:
-        for client in clients.values():
-            await client.aclose()
-    return best
+    best = await best_rounds(clients, rounds=rounds, calls=calls, concurrency=concurrency)
+    return {name: wall for name, (_cpu, wall) in best.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

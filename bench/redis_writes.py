@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -26,6 +25,7 @@ import uvloop
 from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 
 from _common import machine_summary, services
+from _redis_turns import best_rounds
 from spendgate.counters import redis_connection
 
 
@@ -56,26 +56,7 @@ async def measure(url: str, rounds: int, calls: int, concurrency: int) -> dict[s
         pool = ConnectionPool.from_url(url, max_connections=100, socket_timeout=2.0)
         pool.connection_class = connection_class
         clients[name] = aioredis.Redis.from_pool(pool)
-    best = {name: (float("inf"), float("inf")) for name in clients}
-    try:
-        for client in clients.values():
-            await client.set("bench-writes", "1")
-        for _ in range(rounds):
-            for name, client in clients.items():
-
-                async def worker(client: aioredis.Redis = client) -> None:
-                    for _ in range(calls):
-                        await client.get("bench-writes")
-
-                cpu, wall = time.process_time(), time.perf_counter()
-                await asyncio.gather(*(worker() for _ in range(concurrency)))
-                n = calls * concurrency
-                spent = ((time.process_time() - cpu) / n, (time.perf_counter() - wall) / n)
-                best[name] = (min(best[name][0], spent[0]), min(best[name][1], spent[1]))
-    finally:
-        for client in clients.values():
-            await client.aclose()
-    return best
+    return await best_rounds(clients, rounds=rounds, calls=calls, concurrency=concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:
