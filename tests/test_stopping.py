@@ -29,10 +29,10 @@ async def test_a_task_that_carried_on_after_its_cancellation_is_cancelled_again_
     stubborn = asyncio.create_task(sweeper(), name="stubborn")
     await asyncio.sleep(0)
     with caplog.at_level(logging.WARNING, logger="spendgate"):
-        await asyncio.wait_for(cancel_and_wait([quiet, stubborn]), 30)
+        await asyncio.wait_for(cancel_and_wait([quiet, stubborn], patience=0.1), 30)
     assert quiet.cancelled() and stubborn.cancelled() and swallowed == 2
     assert [r.message for r in caplog.records] == [
-        "background task stubborn carried on after it was cancelled; cancelling it again"
+        "background task stubborn still running 0.1 s after it was cancelled; cancelling it again"
     ] * 2
 
 
