@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
-from reliability.harness import ADMIN_TOKEN, GATEWAY_TOKEN, Cluster, eventually
+from reliability.harness import GATEWAY_TOKEN, Cluster, eventually
 from support.app import AppFactory, RunningApp
 from support.scenario import authorize, create_key, ledger, record
 

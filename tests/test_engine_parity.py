@@ -1,4 +1,5 @@
-"""regorus (the embedded engine) and OPA's own Go engine decide alike on generated input documents.
+"""regorus (the embedded engine: its compiled VM and its interpreter) and OPA's own Go engine decide
+alike on generated input documents.
 
 Inputs follow policies/INTERFACE.md and tests/fixtures/team_key_input.json: unknown, personal, team
 and service keys; users, teams, members and orgs, some blocked; end users and tags, known or not;
@@ -166,11 +167,14 @@ def decision_inputs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 class _Engines:
-    """Both engines compiled for one config: regorus (raw and through the adapter) and OPA."""
+    """Both engines compiled for one config: regorus (raw, and through the adapter as its compiled VM
+    and as its interpreter) and OPA."""
 
     def __init__(self, policies: PolicySet) -> None:
         self.regorus = compile_policy_set(policies)
-        self.embedded = EmbeddedEngine(policies)
+        self.embedded = EmbeddedEngine(policies, check_every=0)  # every decision by the VM, unchecked
+        assert self.embedded.compiled, "the shipped policies must pass the compiled engine's probes"
+        self.interpreted = EmbeddedEngine(policies, compiled=False)
         self.opa = OpaGoPolicies(policies)
         self.revision = policies.revision
 
@@ -207,6 +211,7 @@ def test_regorus_and_opa_give_identical_decisions_on_generated_inputs(
         assert by_opa == by_regorus
         decision = loop.run_until_complete(pair.embedded.decide(input_doc))
         assert decision_from_result(by_opa, revision=pair.revision) == decision
+        assert loop.run_until_complete(pair.interpreted.decide(input_doc)) == decision
         outcome = "allow" if decision.allow else "deny"
         event(outcome)
         seen[outcome] += 1

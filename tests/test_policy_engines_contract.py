@@ -1,4 +1,5 @@
-"""One contract for both policy-engine adapters: the embedded Rego engine and OPA over its REST API.
+"""One contract for the policy-engine adapters: the embedded Rego engine (regorus's compiled VM and its
+interpreter) and OPA over its REST API.
 
 The OPA adapter talks to tests/support/opa_compat.py, a real HTTP server speaking OPA's REST API
 (routes, status codes, bodies) and compiling and evaluating with OPA's own Go engine (opa_bindings,
@@ -18,7 +19,7 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -36,7 +37,8 @@ from spendgate.policy.opa import POLICY_ID_PREFIX, OpaEngine, policy_id
 from support.opa_compat import OpaCompatServer
 
 POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
-ADAPTERS = ["embedded", "opa"]
+#: "embedded": regorus's compiled VM deciding every decision unchecked; "interpreter": regorus's interpreter.
+ADAPTERS = ["embedded", "interpreter", "opa"]
 REAL_OPA_URL = os.environ.get("SPENDGATE_TEST_OPA_URL")
 
 Engine = EmbeddedEngine | OpaEngine
@@ -271,8 +273,8 @@ async def make_engine(opa_url: str) -> AsyncIterator[MakeEngine]:
     made: list[OpaEngine] = []
 
     async def make(adapter: str, policies: PolicySet, **options: Any) -> Engine:
-        if adapter == "embedded":
-            return EmbeddedEngine(policies)
+        if adapter in ("embedded", "interpreter"):
+            return EmbeddedEngine(policies, compiled=adapter == "embedded", check_every=0)
         engine = OpaEngine(options.pop("url", opa_url), policies, **options)
         made.append(engine)
         await engine.start()

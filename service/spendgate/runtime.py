@@ -74,7 +74,9 @@ def _policy_engine(settings: Settings, policies: PolicySet) -> PolicyEngine:
             timeout_seconds=settings.opa_timeout_seconds,
             fail_open=settings.opa_fail_over,
         )
-    return EmbeddedEngine(policies)
+    return EmbeddedEngine(
+        policies, compiled=settings.policy_compiled, check_every=settings.policy_compiled_check_every
+    )
 
 
 def redacted(url: str) -> str:

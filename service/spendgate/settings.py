@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     #: What a policy set must pass to go live (at start-up and on reload): "compile", or "test" —
     #: also the policy tests beside it (`*_test.rego` in the policy dir and a sibling policy_tests/).
     policy_gate: Literal["compile", "test"] = "compile"
+    #: Embedded engine: decide through regorus's compiled virtual machine (about half the interpreter's
+    #: cost) for every policy revision on which it answers every probe input as the interpreter does.
+    policy_compiled: bool = True
+    #: Every Nth compiled decision is also evaluated by the interpreter, whose answer is served; the
+    #: first disagreement sends the revision back to the interpreter (0: never checked; 1: every one).
+    policy_compiled_check_every: int = Field(default=100, ge=0)
     #: Budget applied to end users never created through the admin API, e.g. '{"max_budget": "5"}'.
     default_end_user_budget: str | None = None
     #: Budgets given to entities a gateway's principal names when first seen (identity.py), by entity

@@ -104,7 +104,7 @@ def _print_coverage(report: PolicyTestReport, out: TextIO) -> float:
     covered = sum(len(f.covered) for f in report.coverage)
     total = covered + sum(len(f.not_covered) for f in report.coverage)
     percent = 100.0 if total == 0 else 100.0 * covered / total
-    print(f"\nCOVERAGE", _RULE, sep="\n", file=out)
+    print("\nCOVERAGE", _RULE, sep="\n", file=out)
     for file in report.coverage:
         missing = f"  not covered: {', '.join(map(str, file.not_covered))}" if file.not_covered else ""
         print(f"{file.percent:6.1f}%  {file.path}{missing}", file=out)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+import logging
+from typing import Any, NamedTuple
 
 # regorus captures a Rust backtrace for every error when RUST_BACKTRACE is set (~50 ms each,
 # and a policy error is an ordinary event here); library backtraces are never shown anyway.
@@ -15,10 +16,13 @@ import regorus  # noqa: E402  (after the environment it reads)
 
 from .. import exact_json
 from ..errors import PolicyError
+from .compiled import CompiledDecision, compile_decision, compiled_answer, interpreter_answer, same_answer
 from .engine import DECISION_QUERY, PRICING_QUERY, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
 from .loader import PolicySet
 
 __all__ = ["EmbeddedEngine", "compile_policy_set", "clean_engine_message"]
+
+log = logging.getLogger("spendgate.policy")
 
 #: What regorus answers for a rule that is defined but undefined for this input.
 _UNDEFINED = '"<undefined>"'
@@ -65,44 +69,104 @@ def compile_policy_set(policies: PolicySet) -> regorus.Engine:
     return engine
 
 
-class EmbeddedEngine:
-    """Evaluates the decision in-process. Swapping `policies` replaces the compiled set atomically."""
+class _Compiled(NamedTuple):
+    """One policy set as the engine evaluates it, swapped as a whole."""
 
-    def __init__(self, policies: PolicySet) -> None:
-        self._engine = compile_policy_set(policies)
-        self._revision = policies.revision
+    interpreter: regorus.Engine
+    #: The decision compiled for regorus's VM, or None while the interpreter decides (compiled.py).
+    decision: CompiledDecision | None
+    revision: str
+
+
+class EmbeddedEngine:
+    """Evaluates the decision in-process. Swapping `policies` replaces the compiled set atomically.
+
+    With `compiled` (the default), decisions go through regorus's virtual machine while it decides
+    like the interpreter (see compiled.py); every `check_every`-th of them is also evaluated by the
+    interpreter, whose answer is served (0: none is). Pricing always uses the interpreter.
+    """
+
+    def __init__(self, policies: PolicySet, *, compiled: bool = True, check_every: int = 100) -> None:
+        if check_every < 0:
+            raise ValueError("check_every must be 0 (never) or a positive number of decisions")
+        self._use_compiled = compiled
+        self._check_every = check_every
+        self._until_check = check_every
+        self._current = self._compile(policies)
+
+    def _compile(self, policies: PolicySet) -> _Compiled:
+        interpreter = compile_policy_set(policies)
+        decision = compile_decision(policies, interpreter) if self._use_compiled else None
+        return _Compiled(interpreter, decision, policies.revision)
 
     @property
     def revision(self) -> str:
-        return self._revision
+        return self._current.revision
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the current revision's decisions go through the compiled VM."""
+        return self._current.decision is not None
 
     async def swap(self, policies: PolicySet) -> None:
         """Compile the new set fully, then replace the old one (a failure leaves the old one serving)."""
-        engine = compile_policy_set(policies)
-        self._engine, self._revision = engine, policies.revision
+        self._current = self._compile(policies)
 
     async def decide(self, input_doc: dict[str, Any]) -> PolicyDecision:
-        value, revision = self._evaluate(DECISION_QUERY, input_doc)
-        return decision_from_result(value, revision=revision)
+        current = self._current
+        text = _input_json(input_doc)
+        if current.decision is None:
+            value = self._interpret(current.interpreter, DECISION_QUERY, text)
+        elif self._until_check != 1 or not self._check_every:
+            self._until_check -= 1
+            try:
+                raw = current.decision.evaluate(text)
+            except RuntimeError:  # the interpreter says what went wrong, or decides
+                value = self._checked(current, text)
+            else:
+                value = None if raw == _UNDEFINED else json.loads(raw)
+        else:
+            self._until_check = self._check_every
+            value = self._checked(current, text)
+        return decision_from_result(value, revision=current.revision)
+
+    def _checked(self, current: _Compiled, text: str) -> Any:
+        """The interpreter's decision, after comparing the compiled one with it."""
+        assert current.decision is not None
+        compiled = compiled_answer(current.decision, text)
+        reference = interpreter_answer(current.interpreter, text)
+        if not same_answer(compiled, reference):
+            log.error(
+                "policy revision %s: the compiled engine decided an input unlike the interpreter; "
+                "the interpreter decides this revision from now on (set SPENDGATE_POLICY_COMPILED=false "
+                "to keep it so, and report the policy to regorus)",
+                current.revision,
+            )
+            if self._current is current:
+                self._current = current._replace(decision=None)
+        if isinstance(reference, RuntimeError):
+            raise _evaluation_error(reference)
+        return None if reference == _UNDEFINED else json.loads(reference)
 
     async def price(self, input_doc: dict[str, Any]) -> PriceQuote:
-        value, revision = self._evaluate(PRICING_QUERY, input_doc)
-        return quote_from_result(value, revision=revision)
+        current = self._current
+        value = self._interpret(current.interpreter, PRICING_QUERY, _input_json(input_doc))
+        return quote_from_result(value, revision=current.revision)
 
-    def _evaluate(self, query: str, input_doc: dict[str, Any]) -> tuple[Any, str]:
-        """The query's value (None when undefined) and the revision that gave it.
+    @staticmethod
+    def _interpret(interpreter: regorus.Engine, query: str, text: str) -> Any:
+        """The query's value by the interpreter (None when undefined).
 
         The query is a rule path, evaluated as a rule: half the cost of the same path as a query
         (bench/policy_eval.py), and integers stay exact through the 64-bit range money lives in."""
-        engine, revision = self._engine, self._revision
         try:
-            engine.set_input_json(_input_json(input_doc))
-            raw = engine.eval_rule_as_json(query)
+            interpreter.set_input_json(text)
+            raw = interpreter.eval_rule_as_json(query)
         except RuntimeError as exc:
             if _NO_RULE in str(exc):
-                return None, revision  # no module defines the rule: undefined, as OPA answers
-            raise PolicyError(f"policy evaluation failed: {clean_engine_message(exc)}") from exc
-        return (None if raw == _UNDEFINED else json.loads(raw)), revision
+                return None  # no module defines the rule: undefined, as OPA answers
+            raise _evaluation_error(exc) from exc
+        return None if raw == _UNDEFINED else json.loads(raw)
 
     async def start(self) -> None:
         return None
@@ -111,7 +175,11 @@ class EmbeddedEngine:
         return True
 
     async def close(self) -> None:
-        # regorus engines are unsendable: drop ours here, on the loop's thread. Left to the cyclic
-        # garbage collector (a stopped app is cyclic garbage) it may be dropped on a worker thread,
-        # which regorus reports as "Engine is unsendable, but is being dropped on another thread".
-        vars(self).pop("_engine", None)
+        # regorus engines and VMs are unsendable: drop ours here, on the loop's thread. Left to the
+        # cyclic garbage collector (a stopped app is cyclic garbage) they may be dropped on a worker
+        # thread, which regorus reports as "Engine is unsendable, but is being dropped on another thread".
+        vars(self).pop("_current", None)
+
+
+def _evaluation_error(exc: RuntimeError) -> PolicyError:
+    return PolicyError(f"policy evaluation failed: {clean_engine_message(exc)}")

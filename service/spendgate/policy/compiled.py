@@ -1,0 +1,118 @@
+"""The decision through regorus's compiled virtual machine, used only while it decides like the interpreter.
+
+regorus compiles a policy set into a program for its virtual machine (the RVM): the decision costs
+about half of what the interpreter charges (bench/policy_eval.py). The VM is younger than the
+interpreter and, in gordon-to-regorus 0.13.0, still gets some Rego wrong: a body statement
+`x := input.missing` whose `x` nothing reads succeeds, and a partial set rule whose head value is
+undefined adds it. The shipped policies use neither (tests/test_engine_parity.py compares the VM
+with OPA's own engine), but a user's policy may. So the interpreter stays the reference:
+
+- a policy revision is decided by the VM only after the VM gave the interpreter's answer on every
+  probe input (`probes.py`); otherwise the interpreter decides that revision, and a warning says so;
+- every `check_every`-th decision the VM makes is evaluated by the interpreter as well, and the
+  interpreter's answer is the one served; at the first disagreement the revision goes back to the
+  interpreter for good, with an error in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import regorus
+
+from .. import exact_json
+from .engine import DECISION_QUERY
+from .loader import PolicySet
+from .probes import probe_inputs
+
+__all__ = ["CompiledDecision", "compile_decision", "PROBE_COUNT"]
+
+log = logging.getLogger("spendgate.policy")
+
+#: How many probe inputs a revision's compiled decision must answer as the interpreter does.
+PROBE_COUNT = 256
+
+
+class CompiledDecision:
+    """The decision entry point of one policy set, compiled for regorus's virtual machine."""
+
+    __slots__ = ("_vm",)
+
+    def __init__(self, vm: regorus.Rvm) -> None:
+        self._vm = vm
+
+    def evaluate(self, input_text: str) -> str:
+        """The decision as JSON text (`"<undefined>"` when undefined); RuntimeError when it fails."""
+        vm = self._vm
+        vm.set_input_json(input_text)
+        return str(vm.execute_entry_point(DECISION_QUERY))
+
+
+def compile_decision(policies: PolicySet, interpreter: regorus.Engine) -> CompiledDecision | None:
+    """`policies`' decision compiled for the VM, or None when it cannot be or does not decide like `interpreter`.
+
+    `interpreter` holds the same policy set; its input is left set to the last probe's.
+    """
+    revision = policies.revision
+    try:
+        data = json.dumps(policies.data)
+        modules = [(policies.path_of(name), source) for name, source in policies.modules]
+        program = regorus.Program.compile_from_modules(data, modules, [DECISION_QUERY])
+        vm = regorus.Rvm()
+        vm.load_program(program)
+        vm.set_data_json(data)
+    except RuntimeError as exc:
+        log.warning(
+            "policy revision %s: the compiled engine cannot compile it (%s); the interpreter decides",
+            revision,
+            _first_line(exc),
+        )
+        return None
+    compiled = CompiledDecision(vm)
+    for number, document in enumerate(probe_inputs(PROBE_COUNT)):
+        text = exact_json.dumps(document).decode()
+        if not same_answer(compiled_answer(compiled, text), interpreter_answer(interpreter, text)):
+            log.warning(
+                "policy revision %s: the compiled engine decides probe input %d (spendgate.policy.probes) "
+                "unlike the interpreter; the interpreter decides this revision",
+                revision,
+                number,
+            )
+            return None
+    return compiled
+
+
+#: An engine's answer: the result's JSON text, or the RuntimeError the evaluation raised.
+Answer = str | RuntimeError
+
+
+def compiled_answer(compiled: CompiledDecision, input_text: str) -> Answer:
+    try:
+        return compiled.evaluate(input_text)
+    except RuntimeError as exc:
+        return exc
+
+
+def interpreter_answer(interpreter: regorus.Engine, input_text: str) -> Answer:
+    try:
+        interpreter.set_input_json(input_text)
+        return str(interpreter.eval_rule_as_json(DECISION_QUERY))
+    except RuntimeError as exc:
+        return exc
+
+
+def same_answer(one: Answer, other: Answer) -> bool:
+    """Both failed, or both gave the same document (compared as values: key order and spacing aside)."""
+    if isinstance(one, RuntimeError) or isinstance(other, RuntimeError):
+        return isinstance(one, RuntimeError) and isinstance(other, RuntimeError)
+    return one == other or _value(one) == _value(other)
+
+
+def _value(text: str) -> Any:
+    return json.loads(text)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
