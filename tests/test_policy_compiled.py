@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import regorus
 
+from spendgate.cli import main
 from spendgate.errors import PolicyError
 from spendgate.policy import PolicySet, load_policy_set
 from spendgate.policy.compiled import PROBE_COUNT, CompiledDecision
@@ -174,3 +175,16 @@ def test_the_settings_choose_the_interpreter_and_the_check_rate(monkeypatch: pyt
     monkeypatch.setenv("SPENDGATE_POLICY_COMPILED_CHECK_EVERY", "-1")
     with pytest.raises(ValueError, match="policy_compiled_check_every"):
         Settings()
+
+
+def test_policy_check_says_which_engine_decides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "check", str(POLICY_DIR)]) == 0
+    assert f"the compiled engine decides them (it answered all {PROBE_COUNT} probe inputs" in capsys.readouterr().out
+    misjudged(tmp_path, "gpt-4o")
+    assert main(["policy", "check", str(tmp_path)]) == 0  # it compiles: the service runs it, on the interpreter
+    out = capsys.readouterr().out
+    assert "the interpreter decides them: the compiled engine decides probe input" in out
+    (tmp_path / "decision.rego").unlink()
+    (tmp_path / "lib.rego").write_text("package mine.lib\n\nx := 1\n")  # no decision: no verdict
+    assert main(["policy", "check", str(tmp_path)]) == 0
+    assert "decides them" not in capsys.readouterr().out

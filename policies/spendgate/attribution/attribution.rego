@@ -33,8 +33,10 @@ else := "service" if is_object(input.key)
 #
 # The bodies read input.key directly (a null or absent key has no fields, so every body
 # that reads one is undefined for it): each reference to a rule costs the embedded engine
-# more than a field of the input, and these bodies run on every decision.
-entities contains {"type": "key", "id": input.key.id}
+# more than a field of the input, and these bodies run on every decision. Every field a head
+# reads is also tested in its body: regorus's compiled engine adds an undefined head value
+# to the set instead of skipping it (policies/INTERFACE.md).
+entities contains {"type": "key", "id": input.key.id} if input.key.id
 
 entities contains {"type": "user", "id": input.key.user_id} if {
 	_charges_user
@@ -48,7 +50,10 @@ entities contains {"type": "org", "id": input.user.org_id} if {
 
 entities contains {"type": "team", "id": input.key.team_id} if input.key.team_id != null
 
-entities contains {"type": "team_member", "id": input.team_member.id} if input.key.team_id != null
+entities contains {"type": "team_member", "id": input.team_member.id} if {
+	input.key.team_id != null
+	input.team_member.id
+}
 
 entities contains {"type": "org", "id": input.team.org_id} if {
 	input.key.team_id != null
@@ -67,6 +72,7 @@ entities contains {"type": "tag", "id": tag} if {
 }
 
 entities contains {"type": "key_model", "id": concat("/", [input.key.id, input.request.model])} if {
+	input.key.id
 	input.request.model != null
 }
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ..errors import PolicyError
 from ..settings import DEFAULT_POLICY_DIR, get_settings
+from .compiled import PROBE_COUNT, NotCompiled, compile_decision
 from .embedded import clean_engine_message, compile_policy_set
 from .engine import DECISION_QUERY
 from .loader import PolicySet, display_path, load_policy_set
@@ -191,7 +192,25 @@ def _check(args: argparse.Namespace) -> int:
                 print(exc.message, file=sys.stderr)
         if not failures:
             print(f"{display_path(root)}: {len(policies.modules)} modules compile (revision {policies.revision})")
+            verdict = _compiled_verdict(root)
+            if verdict:
+                print(f"{display_path(root)}: {verdict}")
     return 1 if failures else 0
+
+
+def _compiled_verdict(root: Path) -> str | None:
+    """Which embedded engine would decide the policies under `root` (None: they define no decision)."""
+    try:
+        policies = load_policy_set(root)  # as the service loads them: without tests
+        interpreter = compile_policy_set(policies)
+    except PolicyError:
+        return None  # only tests
+    if DECISION_QUERY.rsplit(".", 1)[0] not in interpreter.get_packages():
+        return None  # no decision package: e.g. a library of rules
+    verdict = compile_decision(policies, interpreter)
+    if isinstance(verdict, NotCompiled):
+        return f"the interpreter decides them: {verdict.why} (docs/operations.md, \"The compiled policy engine\")"
+    return f"the compiled engine decides them (it answered all {PROBE_COUNT} probe inputs as the interpreter does)"
 
 
 def _locate(policies: PolicySet, pattern: str) -> str:

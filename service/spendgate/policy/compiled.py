@@ -17,8 +17,7 @@ with OPA's own engine), but a user's policy may. So the interpreter stays the re
 from __future__ import annotations
 
 import json
-import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import regorus
 
@@ -27,9 +26,7 @@ from .engine import DECISION_QUERY
 from .loader import PolicySet
 from .probes import probe_inputs
 
-__all__ = ["CompiledDecision", "compile_decision", "PROBE_COUNT"]
-
-log = logging.getLogger("spendgate.policy")
+__all__ = ["CompiledDecision", "NotCompiled", "compile_decision", "PROBE_COUNT"]
 
 #: How many probe inputs a revision's compiled decision must answer as the interpreter does.
 PROBE_COUNT = 256
@@ -50,12 +47,17 @@ class CompiledDecision:
         return str(vm.execute_entry_point(DECISION_QUERY))
 
 
-def compile_decision(policies: PolicySet, interpreter: regorus.Engine) -> CompiledDecision | None:
-    """`policies`' decision compiled for the VM, or None when it cannot be or does not decide like `interpreter`.
+class NotCompiled(NamedTuple):
+    """Why the interpreter decides a policy set: a sentence that fits "the interpreter decides …: <why>"."""
+
+    why: str
+
+
+def compile_decision(policies: PolicySet, interpreter: regorus.Engine) -> CompiledDecision | NotCompiled:
+    """`policies`' decision compiled for the VM, proven to answer every probe input as `interpreter` does.
 
     `interpreter` holds the same policy set; its input is left set to the last probe's.
     """
-    revision = policies.revision
     try:
         data = json.dumps(policies.data)
         modules = [(policies.path_of(name), source) for name, source in policies.modules]
@@ -64,23 +66,14 @@ def compile_decision(policies: PolicySet, interpreter: regorus.Engine) -> Compil
         vm.load_program(program)
         vm.set_data_json(data)
     except RuntimeError as exc:
-        log.warning(
-            "policy revision %s: the compiled engine cannot compile it (%s); the interpreter decides",
-            revision,
-            _first_line(exc),
-        )
-        return None
+        return NotCompiled(f"the compiled engine cannot compile it ({_first_line(exc)})")
     compiled = CompiledDecision(vm)
     for number, document in enumerate(probe_inputs(PROBE_COUNT)):
         text = exact_json.dumps(document).decode()
         if not same_answer(compiled_answer(compiled, text), interpreter_answer(interpreter, text)):
-            log.warning(
-                "policy revision %s: the compiled engine decides probe input %d (spendgate.policy.probes) "
-                "unlike the interpreter; the interpreter decides this revision",
-                revision,
-                number,
+            return NotCompiled(
+                f"the compiled engine decides probe input {number} (spendgate.policy.probes) unlike the interpreter"
             )
-            return None
     return compiled
 
 

@@ -16,7 +16,7 @@ import regorus  # noqa: E402  (after the environment it reads)
 
 from .. import exact_json
 from ..errors import PolicyError
-from .compiled import CompiledDecision, compile_decision, compiled_answer, interpreter_answer, same_answer
+from .compiled import CompiledDecision, NotCompiled, compile_decision, compiled_answer, interpreter_answer, same_answer
 from .engine import DECISION_QUERY, PRICING_QUERY, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
 from .loader import PolicySet
 
@@ -96,7 +96,12 @@ class EmbeddedEngine:
 
     def _compile(self, policies: PolicySet) -> _Compiled:
         interpreter = compile_policy_set(policies)
-        decision = compile_decision(policies, interpreter) if self._use_compiled else None
+        if not self._use_compiled:
+            return _Compiled(interpreter, None, policies.revision)
+        decision = compile_decision(policies, interpreter)
+        if isinstance(decision, NotCompiled):
+            log.warning("policy revision %s: %s; the interpreter decides this revision", policies.revision, decision.why)
+            return _Compiled(interpreter, None, policies.revision)
         return _Compiled(interpreter, decision, policies.revision)
 
     @property
