@@ -54,7 +54,7 @@ def misjudged(root: Path, model: str) -> PolicySet:
 
 
 def request_for(model: str) -> dict[str, Any]:
-    return {"request": {"model": model}, "key": {"id": "k1"}, "ledgers": []}
+    return {"request": {"request_id": f"req-{model}", "model": model}, "key": {"id": "k1"}, "ledgers": []}
 
 
 def vm_allows(policies: PolicySet, input_doc: dict[str, Any]) -> bool:
@@ -117,7 +117,7 @@ def test_a_disagreement_found_by_a_check_is_served_the_interpreters_answer_and_e
     with caplog.at_level(logging.ERROR, logger="spendgate.policy"):
         assert decide(engine, request_for("model-no-probe-uses"))
     assert not engine.compiled
-    assert "the interpreter decides this revision from now on" in caplog.text
+    assert "decided request req-model-no-probe-uses unlike the interpreter; the interpreter decides this revision" in caplog.text
     assert decide(engine, request_for("model-no-probe-uses"))
 
 

@@ -26,7 +26,15 @@ from .engine import DECISION_QUERY
 from .loader import PolicySet
 from .probes import probe_inputs
 
-__all__ = ["CompiledDecision", "NotCompiled", "compile_decision", "PROBE_COUNT"]
+__all__ = [
+    "CompiledDecision",
+    "NotCompiled",
+    "PROBE_COUNT",
+    "compile_decision",
+    "compiled_answer",
+    "interpreter_answer",
+    "same_answer",
+]
 
 #: How many probe inputs a revision's compiled decision must answer as the interpreter does.
 PROBE_COUNT = 256

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import logging
 from typing import Any, NamedTuple
 
 # regorus captures a Rust backtrace for every error when RUST_BACKTRACE is set (~50 ms each,
@@ -127,25 +127,26 @@ class EmbeddedEngine:
             try:
                 raw = current.decision.evaluate(text)
             except RuntimeError:  # the interpreter says what went wrong, or decides
-                value = self._checked(current, text)
+                value = self._checked(current, text, input_doc)
             else:
                 value = None if raw == _UNDEFINED else json.loads(raw)
         else:
             self._until_check = self._check_every
-            value = self._checked(current, text)
+            value = self._checked(current, text, input_doc)
         return decision_from_result(value, revision=current.revision)
 
-    def _checked(self, current: _Compiled, text: str) -> Any:
+    def _checked(self, current: _Compiled, text: str, input_doc: dict[str, Any]) -> Any:
         """The interpreter's decision, after comparing the compiled one with it."""
         assert current.decision is not None
         compiled = compiled_answer(current.decision, text)
         reference = interpreter_answer(current.interpreter, text)
         if not same_answer(compiled, reference):
+            request = input_doc.get("request")
             log.error(
-                "policy revision %s: the compiled engine decided an input unlike the interpreter; "
-                "the interpreter decides this revision from now on (set SPENDGATE_POLICY_COMPILED=false "
-                "to keep it so, and report the policy to regorus)",
+                "policy revision %s: the compiled engine decided request %s unlike the interpreter; the "
+                "interpreter decides this revision from now on (docs/operations.md, \"The compiled policy engine\")",
                 current.revision,
+                request.get("request_id") if isinstance(request, dict) else None,
             )
             if self._current is current:
                 self._current = current._replace(decision=None)
