@@ -36,6 +36,7 @@ from spendgate.policy.engine import (
     decision_from_result,
     quote_from_result,
 )
+from spendgate.policy.probes import named_entities
 from support.opa_go import OpaGoPolicies, with_config
 
 POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
@@ -133,17 +134,8 @@ def decision_inputs(draw: st.DrawFn) -> dict[str, Any]:
     org_ids = sorted({str(o) for o in (user_org if user else None, team_org if team else None) if o})
     orgs = {o: {"id": o, "blocked": draw(_flag(trouble))} for o in org_ids}
 
-    entities: list[tuple[str, str]] = []
-    if key is not None:
-        entities.append(("key", "k1"))
-        if model is not None and draw(st.booleans()):
-            entities.append(("key_model", f"k1/{model}"))
-    entities += [("user", "u1")] if user else []
-    entities += [("team", "t1")] if team else []
-    entities += [("team_member", "t1/u1")] if member else []
-    entities += [("org", o) for o in org_ids]
-    entities += [("end_user", end_user)] if end_user else []
-    entities += [("tag", tag) for tag in tags]
+    key_model = f"k1/{model}" if key is not None and model is not None and draw(st.booleans()) else None
+    entities = named_entities(key, key_model, user, team, member, org_ids, end_user, tags)
     ledgers = [ledger for kind_, id_ in entities for ledger in draw(_ledgers(kind_, id_, estimate, trouble))]
 
     return {

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..money import format_nanos
 
-__all__ = ["probe_inputs"]
+__all__ = ["named_entities", "probe_inputs"]
 
 USD = 1_000_000_000
 NOW_NS = 1_795_402_800_000_000_000  # 2026-11-23T03:00:00Z, past 2**53: exact integers matter
@@ -67,17 +67,8 @@ def _input(rng: random.Random, *, trouble: bool) -> dict[str, Any]:
         member = {"id": "t1/u1", "team_id": "t1", "user_id": "u1", "blocked": _flag(rng, trouble)}
     org_ids = sorted({o for o in (user_org if user else None, team_org if team else None) if o})
 
-    entities: list[tuple[str, str]] = []
-    if key is not None:
-        entities.append(("key", "k1"))
-        if model is not None and rng.random() < 0.5:
-            entities.append(("key_model", f"k1/{model}"))
-    entities += [("user", "u1")] if user else []
-    entities += [("team", "t1")] if team else []
-    entities += [("team_member", "t1/u1")] if member else []
-    entities += [("org", o) for o in org_ids]
-    entities += [("end_user", end_user)] if end_user else []
-    entities += [("tag", tag) for tag in tags]
+    key_model = f"k1/{model}" if key is not None and model is not None and rng.random() < 0.5 else None
+    entities = named_entities(key, key_model, user, team, member, org_ids, end_user, tags)
     ledgers = [ledger for type_, id_ in entities for ledger in _ledgers(rng, type_, id_, estimate, trouble)]
     rng.shuffle(ledgers)
 
@@ -103,6 +94,31 @@ def _input(rng: random.Random, *, trouble: bool) -> dict[str, Any]:
         "ledgers": ledgers,
     }
     return document
+
+
+def named_entities(
+    key: dict[str, Any] | None,
+    key_model: str | None,
+    user: dict[str, Any] | None,
+    team: dict[str, Any] | None,
+    member: dict[str, Any] | None,
+    org_ids: list[str],
+    end_user: str | None,
+    tags: list[str],
+) -> list[tuple[str, str]]:
+    """(type, id) of every entity an input names (each has candidate ledgers), key first."""
+    entities: list[tuple[str, str]] = []
+    if key is not None:
+        entities.append(("key", key["id"]))
+        if key_model is not None:
+            entities.append(("key_model", key_model))
+    entities += [("user", user["id"])] if user else []
+    entities += [("team", team["id"])] if team else []
+    entities += [("team_member", member["id"])] if member else []
+    entities += [("org", o) for o in org_ids]
+    entities += [("end_user", end_user)] if end_user else []
+    entities += [("tag", tag) for tag in tags]
+    return entities
 
 
 def _ledgers(
