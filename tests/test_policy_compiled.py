@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,18 @@ async def test_a_swapped_revision_is_proven_again(tmp_path: Path) -> None:
     assert not engine.compiled
     await engine.swap(load_policy_set(POLICY_DIR))
     assert engine.compiled
+
+
+async def test_decisions_go_on_while_a_reloaded_revision_is_proven(tmp_path: Path) -> None:
+    shutil.copytree(POLICY_DIR, tmp_path / "policies")
+    (tmp_path / "policies" / "extra.rego").write_text("package mine\n\nnote := 1\n")  # a new revision
+    engine, reloaded = EmbeddedEngine(load_policy_set(POLICY_DIR)), load_policy_set(tmp_path / "policies")
+    swapping = asyncio.create_task(engine.swap(reloaded))
+    await asyncio.sleep(0)  # the swap compiles, then proves its first probes and lets the loop go on
+    decision = await engine.decide(next(probe_inputs(1)))
+    assert not swapping.done() and decision.revision != reloaded.revision  # served mid-proof, by the old one
+    await swapping
+    assert engine.revision == reloaded.revision and engine.compiled
 
 
 def test_the_settings_choose_the_interpreter_and_the_check_rate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,15 @@ import regorus  # noqa: E402  (after the environment it reads)
 
 from .. import exact_json
 from ..errors import PolicyError
-from .compiled import CompiledDecision, NotCompiled, compile_decision, compiled_answer, interpreter_answer, same_answer
+from .compiled import (
+    CompiledDecision,
+    NotCompiled,
+    compile_decision,
+    compile_decision_between_requests,
+    compiled_answer,
+    interpreter_answer,
+    same_answer,
+)
 from .engine import DECISION_QUERY, PRICING_QUERY, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
 from .loader import PolicySet
 
@@ -96,12 +104,21 @@ class EmbeddedEngine:
 
     def _compile(self, policies: PolicySet) -> _Compiled:
         interpreter = compile_policy_set(policies)
-        if not self._use_compiled:
-            return _Compiled(interpreter, None, policies.revision)
-        decision = compile_decision(policies, interpreter)
+        decision = compile_decision(policies, interpreter) if self._use_compiled else None
+        return self._compiled(policies, interpreter, decision)
+
+    async def _compile_between_requests(self, policies: PolicySet) -> _Compiled:
+        interpreter = compile_policy_set(policies)
+        decision = await compile_decision_between_requests(policies, interpreter) if self._use_compiled else None
+        return self._compiled(policies, interpreter, decision)
+
+    @staticmethod
+    def _compiled(
+        policies: PolicySet, interpreter: regorus.Engine, decision: CompiledDecision | NotCompiled | None
+    ) -> _Compiled:
         if isinstance(decision, NotCompiled):
             log.warning("policy revision %s: %s; the interpreter decides this revision", policies.revision, decision.why)
-            return _Compiled(interpreter, None, policies.revision)
+            decision = None
         return _Compiled(interpreter, decision, policies.revision)
 
     @property
@@ -114,8 +131,10 @@ class EmbeddedEngine:
         return self._current.decision is not None
 
     async def swap(self, policies: PolicySet) -> None:
-        """Compile the new set fully, then replace the old one (a failure leaves the old one serving)."""
-        self._current = self._compile(policies)
+        """Compile the new set fully, then replace the old one (a failure leaves the old one serving).
+
+        The old one serves the requests that arrive while the new one's compiled decision is proven."""
+        self._current = await self._compile_between_requests(policies)
 
     async def decide(self, input_doc: dict[str, Any]) -> PolicyDecision:
         current = self._current
