@@ -156,4 +156,5 @@ def test_serve_from_outside_the_checkout_is_ready_with_the_bundled_policy_revisi
     body = served.readyz()
     assert body["status"] == "ready"
     assert body["policy_revision"] == load_policy_set(ROOT / "policies").revision
+    assert body["policy_engine"] == "compiled"  # the wheel's probes prove its policies for the compiled VM
     assert (installed.workdir / "spendgate.db").is_file()  # the SQLite default, in the working directory

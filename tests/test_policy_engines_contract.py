@@ -342,6 +342,11 @@ def _regorus_result(policies: PolicySet, input_doc: dict[str, Any]) -> Any:
     return rows[0]["expressions"][0]["value"] if rows else None
 
 
+async def test_each_adapter_names_what_decides(adapter: str, make_engine: MakeEngine, real_policies: PolicySet) -> None:
+    engine = await make_engine(adapter, real_policies)
+    assert engine.evaluator == {"embedded": "compiled", "interpreter": "interpreter", "opa": "opa"}[adapter]
+
+
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 async def test_both_adapters_give_identical_decisions(
     case: str, opa: OpaCompatServer, opa_url: str, make_engine: MakeEngine, real_policies: PolicySet

@@ -133,3 +133,31 @@ async def test_readyz_reports_an_unreadable_set_without_a_revision(
 
     rejected = (await app.anonymous.get("/readyz")).json()["policy_reload"]
     assert rejected["revision"] is None and f"{policy_dir / 'data.json'}:1:2: invalid JSON" in rejected["error"]
+
+
+async def test_a_revision_the_compiled_engine_misjudges_is_decided_by_the_interpreter_and_shown(
+    app_factory: Any, sqlite_url: str, policy_dir: Path
+) -> None:
+    app, reloader = await _app_with_policies(app_factory, sqlite_url, policy_dir)
+    secret = await _team_key(app)
+    assert (await app.anonymous.get("/readyz")).json()["policy_engine"] == "compiled"
+    assert await _metric(app, "spendgate_policy_compiled") == 1
+
+    # regorus's VM takes `tier := input.key.tier` as satisfied though no key has a tier (policies/INTERFACE.md):
+    # it would refuse every key; the interpreter, like OPA, refuses none.
+    tiered = policy_dir / "spendgate" / "admission" / "tiers.rego"
+    tiered.write_text(
+        "package spendgate.admission\n\n"
+        'reasons contains {"code": "key_blocked", "entity": {"type": "key", "id": input.key.id}, '
+        '"message": "tiered keys are blocked"} if {\n\tinput.key.id\n\ttier := input.key.tier\n}\n'
+    )
+    assert await reloader.check_once() is True
+    assert (await app.anonymous.get("/readyz")).json()["policy_engine"] == "interpreter"
+    assert await _metric(app, "spendgate_policy_compiled") == 0
+    allowed = await authorize(app.gateway, request_id="r1", api_key=secret)
+    assert allowed["decision"] == "allow" and allowed["policy_revision"] == app.runtime.policy.revision
+
+    tiered.unlink()
+    assert await reloader.check_once() is True
+    assert (await app.anonymous.get("/readyz")).json()["policy_engine"] == "compiled"
+    assert await _metric(app, "spendgate_policy_compiled") == 1

@@ -114,6 +114,10 @@ class Metrics:
             "spendgate_policy_reload_rejected", "1 while the newest policy files on disk are rejected (the previous "
             "revision keeps serving), 0 otherwise.", registry=r,
         )
+        self.policy_compiled = Gauge(
+            "spendgate_policy_compiled", "1 while the live policy revision is decided by the embedded engine's "
+            "compiled VM; 0 while its interpreter or OPA decides (docs/operations.md).", registry=r,
+        )
         self.records_after_denial = Counter(
             "spendgate_records_after_denial", "Records charged for a request whose authorize was denied: the gateway "
             "ignored the denial (enforcement bypassed; an enforcement_bypassed alert names the key).", registry=r,

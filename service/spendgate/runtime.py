@@ -141,6 +141,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             sessions, batch_max=settings.record_batch_max, batch_concurrency=settings.record_batch_concurrency
         )
         metrics = Metrics()
+        metrics.policy_compiled.set_function(lambda: float(policy.evaluator == "compiled"))
         if settings.redis_url:
             async with _reaching_redis(settings.redis_url):
                 redis_client = redis_client_for(settings.redis_url, max_connections=settings.redis_max_connections)
@@ -159,7 +160,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             "spendgate ready: database=%s counters=%s policy=%s revision=%s",
             "postgresql" if settings.is_postgres else "sqlite",
             type(adapter).__name__,
-            "opa" if settings.opa_url else "embedded",
+            policy.evaluator if settings.opa_url else f"embedded ({policy.evaluator})",
             policy.revision,
         )
         yield Runtime(settings, engine, sessions, ledgers, counters, policy, facts, redis_client, metrics=metrics)

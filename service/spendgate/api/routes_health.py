@@ -53,6 +53,7 @@ async def readyz(request: Request, runtime: RuntimeDep) -> dict[str, Any] | JSON
         "status": "ready",
         "checks": checks,
         "policy_revision": runtime.policy.revision,
+        "policy_engine": runtime.policy.evaluator,
         **_policy_reload(reloader),
     }
 

@@ -130,6 +130,10 @@ class EmbeddedEngine:
         """Whether the current revision's decisions go through the compiled VM."""
         return self._current.decision is not None
 
+    @property
+    def evaluator(self) -> str:
+        return "compiled" if self.compiled else "interpreter"
+
     async def swap(self, policies: PolicySet) -> None:
         """Compile the new set fully, then replace the old one (a failure leaves the old one serving).
 

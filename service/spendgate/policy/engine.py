@@ -64,6 +64,11 @@ class PolicyEngine(Protocol):
     @property
     def revision(self) -> str: ...
 
+    @property
+    def evaluator(self) -> str:
+        """What decides the live revision: "compiled" or "interpreter" (the embedded engine), or "opa"."""
+        ...
+
     async def decide(self, input_doc: dict[str, Any]) -> PolicyDecision:
         """Evaluate `data.spendgate.decision.result` for the input document."""
         ...

@@ -185,6 +185,10 @@ class OpaEngine:
     def revision(self) -> str:
         return self._policies.revision
 
+    @property
+    def evaluator(self) -> str:
+        return "opa"
+
     async def start(self) -> None:
         """Push the policy set: PolicyError if OPA refuses it, Unavailable if OPA cannot be reached."""
         await self._ensure_installed()
