@@ -22,7 +22,7 @@ import regorus
 from spendgate.cli import main
 from spendgate.errors import PolicyError
 from spendgate.policy import PolicySet, load_policy_set
-from spendgate.policy.compiled import PROBE_COUNT, CompiledDecision
+from spendgate.policy.compiled import PROBE_COUNT, CompiledDecision, same_answer
 from spendgate.policy.embedded import EmbeddedEngine
 from spendgate.policy.engine import DECISION_QUERY
 from spendgate.policy.probes import probe_inputs
@@ -201,3 +201,11 @@ def test_policy_check_says_which_engine_decides(tmp_path: Path, capsys: pytest.C
     (tmp_path / "lib.rego").write_text("package mine.lib\n\nx := 1\n")  # no decision: no verdict
     assert main(["policy", "check", str(tmp_path)]) == 0
     assert "decides them" not in capsys.readouterr().out
+
+
+def test_answers_are_the_same_only_with_the_same_types() -> None:
+    assert same_answer('{"allow": true, "charges": ["a"]}', '{\n  "charges": ["a"],\n  "allow": true\n}')
+    assert not same_answer('{"allow": true}', '{"allow": 1}')
+    assert not same_answer('{"limit": 1}', '{"limit": 1.0}')
+    assert not same_answer('"<undefined>"', RuntimeError("count: wrong type"))
+    assert same_answer(RuntimeError("one"), RuntimeError("other"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import regorus
 
@@ -131,14 +131,15 @@ def interpreter_answer(interpreter: regorus.Engine, input_text: str) -> Answer:
 
 
 def same_answer(one: Answer, other: Answer) -> bool:
-    """Both failed, or both gave the same document (compared as values: key order and spacing aside)."""
+    """Both failed, or both gave the same document: key order and spacing aside, but not types
+    (`true` is not `1`, nor `1` `1.0`, although Python's values compare equal)."""
     if isinstance(one, RuntimeError) or isinstance(other, RuntimeError):
         return isinstance(one, RuntimeError) and isinstance(other, RuntimeError)
-    return one == other or _value(one) == _value(other)
+    return one == other or _canonical(one) == _canonical(other)
 
 
-def _value(text: str) -> Any:
-    return json.loads(text)
+def _canonical(text: str) -> str:
+    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
 
 
 def _first_line(exc: BaseException) -> str:
