@@ -17,6 +17,7 @@ import regorus  # noqa: E402  (after the environment it reads)
 from .. import exact_json
 from ..errors import PolicyError
 from .compiled import (
+    Answer,
     CompiledDecision,
     NotCompiled,
     compile_decision,
@@ -25,7 +26,7 @@ from .compiled import (
     interpreter_answer,
     same_answer,
 )
-from .engine import DECISION_QUERY, PRICING_QUERY, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
+from .engine import PRICING_QUERY, PolicyDecision, PriceQuote, decision_from_result, quote_from_result
 from .loader import PolicySet
 
 __all__ = ["EmbeddedEngine", "compile_policy_set", "clean_engine_message"]
@@ -144,15 +145,13 @@ class EmbeddedEngine:
         current = self._current
         text = _input_json(input_doc)
         if current.decision is None:
-            value = self._interpret(current.interpreter, DECISION_QUERY, text)
+            value = _value(interpreter_answer(current.interpreter, text))
         elif self._until_check != 1 or not self._check_every:
             self._until_check -= 1
             try:
-                raw = current.decision.evaluate(text)
+                value = _value(current.decision.evaluate(text))
             except RuntimeError:  # the interpreter says what went wrong, or decides
                 value = self._checked(current, text, input_doc)
-            else:
-                value = None if raw == _UNDEFINED else json.loads(raw)
         else:
             self._until_check = self._check_every
             value = self._checked(current, text, input_doc)
@@ -173,29 +172,12 @@ class EmbeddedEngine:
             )
             if self._current is current:
                 self._current = current._replace(decision=None)
-        if isinstance(reference, RuntimeError):
-            raise _evaluation_error(reference)
-        return None if reference == _UNDEFINED else json.loads(reference)
+        return _value(reference)
 
     async def price(self, input_doc: dict[str, Any]) -> PriceQuote:
         current = self._current
-        value = self._interpret(current.interpreter, PRICING_QUERY, _input_json(input_doc))
+        value = _value(interpreter_answer(current.interpreter, _input_json(input_doc), PRICING_QUERY))
         return quote_from_result(value, revision=current.revision)
-
-    @staticmethod
-    def _interpret(interpreter: regorus.Engine, query: str, text: str) -> Any:
-        """The query's value by the interpreter (None when undefined).
-
-        The query is a rule path, evaluated as a rule: half the cost of the same path as a query
-        (bench/policy_eval.py), and integers stay exact through the 64-bit range money lives in."""
-        try:
-            interpreter.set_input_json(text)
-            raw = interpreter.eval_rule_as_json(query)
-        except RuntimeError as exc:
-            if _NO_RULE in str(exc):
-                return None  # no module defines the rule: undefined, as OPA answers
-            raise _evaluation_error(exc) from exc
-        return None if raw == _UNDEFINED else json.loads(raw)
 
     async def start(self) -> None:
         return None
@@ -210,5 +192,10 @@ class EmbeddedEngine:
         vars(self).pop("_current", None)
 
 
-def _evaluation_error(exc: RuntimeError) -> PolicyError:
-    return PolicyError(f"policy evaluation failed: {clean_engine_message(exc)}")
+def _value(answer: Answer) -> Any:
+    """The document an engine answered (None when undefined); PolicyError when the evaluation failed."""
+    if isinstance(answer, RuntimeError):
+        if _NO_RULE in str(answer):
+            return None  # no module defines the rule: undefined, as OPA answers
+        raise PolicyError(f"policy evaluation failed: {clean_engine_message(answer)}") from answer
+    return None if answer == _UNDEFINED else json.loads(answer)
