@@ -29,6 +29,13 @@ CPU per request: utime+stime from /proc of the server process and its children, 
 snapshots), divided by requests. Not counted: the load generator, PostgreSQL's shared background processes
 (walwriter, checkpointer: other users of the machine write through them too).
 
+With --alternate N, only authorize is measured, and in turns: the authorize floor and Spendgate (PostgreSQL +
+Redis) are both started, then measured one after the other N times (the order swapped every round), the
+one not being measured paused (SIGSTOP, so that its background work cannot run in the other's step). Each
+round's ratio is printed, then their median: on a machine whose speed drifts over minutes (a shared VM),
+a ratio of two steps measured seconds apart, taken many times, says more than one ratio of two targets
+measured minutes apart.
+
 Run `python bench/floor.py --help`; `--smoke` runs a few hundred requests per target (for the test).
 """
 
@@ -41,6 +48,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,8 +118,16 @@ class Server:
     def pids(self) -> list[int]:
         return [self.process.pid, *_descendants(self.process.pid), *self.extra_pids]
 
+    def pause(self) -> None:
+        """Stop every process of the server (SIGSTOP): nothing of it runs until `resume`."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.resume()  # a paused server would not act on SIGTERM
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
@@ -424,6 +440,13 @@ class Bench:
         print(f"uvicorn: uvloop, httptools, access log off, --workers {args.workers}; {args.duration:g} s per "
               f"closed-loop step, {args.open_loop_seconds:g} s open loop; load average before: {_loadavg()}")
         print(f"floors: each request holds {len(LEDGERS)} ledgers ({', '.join(r.entity_type for r in LEDGERS)})")
+        if args.alternate:
+            print(f"alternating: authorize floor and spendgate, {args.alternate} rounds, the idle one paused")
+            print(f"{'':10}{HEADER}", flush=True)
+            asyncio.run(self._checkpoint())
+            self.alternate(args.alternate)
+            print(f"load average after: {_loadavg()}")
+            return
         print(HEADER, flush=True)
         denials = ("deny",) if args.denials else ()
         plan: list[tuple[str, str | None, tuple[str, ...], bool]] = [
@@ -450,6 +473,43 @@ class Bench:
                 server.stop()
         print(f"load average after: {_loadavg()}")
         print_ratios(self.results)
+
+    def alternate(self, rounds: int) -> None:
+        """Authorize of the authorize floor and of Spendgate, measured in turns `rounds` times (--alternate)."""
+        args = self.args
+        floor = spendgate = None
+        try:
+            floor = self.start_floor("authorize floor", "authorize")
+            spendgate = self.start_spendgate("spendgate", embedded=False)
+            targets = [(floor, "floor"), (spendgate, self.seed(spendgate))]
+            for server, key in targets:
+                if args.warmup > 0:
+                    self.wrk(server, mode="authorize", connections=4, seconds=args.warmup, key=key, postgres=True,
+                             tag=f"{server.name}-warm".replace(" ", "_"))
+            for server, _key in targets:
+                server.pause()
+            turns: list[tuple[int, Result, Result]] = []
+            for number in range(1, rounds + 1):
+                measured: dict[str, Result] = {}
+                for server, key in targets if number % 2 else targets[::-1]:
+                    server.resume()
+                    try:
+                        for connections in args.connections:
+                            result = self.wrk(server, mode="authorize", connections=connections,
+                                              seconds=args.duration, key=key, postgres=True,
+                                              tag=f"{server.name}-r{number}-c{connections}".replace(" ", "_"))
+                            print(f"round {number:<3} {format_result(result)}", flush=True)
+                            measured[f"{server.name}/{connections}"] = result
+                    finally:
+                        server.pause()
+                for connections in args.connections:
+                    turns.append((connections, measured[f"spendgate/{connections}"],
+                                  measured[f"authorize floor/{connections}"]))
+            print_alternating_ratios(turns)
+        finally:
+            for server in (floor, spendgate):
+                if server is not None:
+                    server.stop()
 
     def close(self) -> None:
         if self.redis is not None:
@@ -491,6 +551,20 @@ def print_ratios(results: list[Result]) -> None:
                 continue
             print(f"ratio {what:<40} conns {connections:>9}  {a.per_second / b.per_second:>6.1%}   "
                   f"CPU ms {a.cpu_ms:.2f} vs {b.cpu_ms:.2f}")
+
+
+def print_alternating_ratios(turns: list[tuple[int, Result, Result]]) -> None:
+    """Per connection count: each round's Spendgate/floor throughput ratio, their median and range."""
+    print("ratios (spendgate authorize / authorize floor, each round's two steps measured one after the other):")
+    for connections in sorted({c for c, _, _ in turns}):
+        rounds = [(s, f) for c, s, f in turns if c == connections and f.per_second > 0]
+        ratios = [s.per_second / f.per_second for s, f in rounds]
+        if not ratios:
+            continue
+        cpu = statistics.median(s.cpu_ms for s, _ in rounds), statistics.median(f.cpu_ms for _, f in rounds)
+        print(f"ratio by round  conns {connections:>4}  {'  '.join(f'{r:.1%}' for r in ratios)}")
+        print(f"ratio median    conns {connections:>4}  {statistics.median(ratios):.1%} (range {min(ratios):.1%}"
+              f" to {max(ratios):.1%}, {len(ratios)} rounds)   CPU ms median {cpu[0]:.2f} vs {cpu[1]:.2f}")
 
 
 def _probe(server: Server, key: str, prefix: str) -> dict[str, Any]:
@@ -539,6 +613,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "them (kept 24 h for idempotency); 0: a fresh database")
     parser.add_argument("--spendgate-setting", action="append", default=[], metavar="SPENDGATE_X=VALUE",
                         help="an extra setting for the Spendgate targets, e.g. to compare one switched off (repeatable)")
+    parser.add_argument("--alternate", type=int, default=0, metavar="N",
+                        help="only authorize: the authorize floor and Spendgate measured in turns, N rounds, "
+                             "each round's ratio and their median (other targets and options ignored)")
     parser.add_argument("--smoke", action="store_true", help="seconds per target, for tests: 1 s steps at 4 conns")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -550,6 +627,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = args.targets - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.alternate < 0:
+        parser.error("--alternate takes a number of rounds (0: the usual run)")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install -y wrk (Debian package)")
     return args

@@ -42,3 +42,21 @@ def test_floor_smoke_run_prints_a_row_and_a_ratio_for_every_target() -> None:
         assert any(comparison in line and "%" in line for line in ratios), f"no ratio for {comparison}:\n{run.stdout}"
     assert not [row for row in rows if len(row) > 6 and row[0] in ("http", "authorize", "pair", "spendgate")
                 and row[-2].isdigit() and int(row[-2]) > 0], f"a target answered with errors:\n{run.stdout}"
+
+
+def test_alternating_run_measures_both_targets_each_round_and_prints_the_median_ratio() -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "floor.py"), "--alternate", "2", "--connections", "4",
+         "--duration", "1", "--warmup", "0"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rounds = [line.split() for line in run.stdout.splitlines() if line.startswith("round ")]
+    # round N, then the target's row: each round measures the floor and Spendgate, in swapped order
+    assert [(row[1], row[2]) for row in rounds] == [("1", "authorize"), ("1", "spendgate"),
+                                                    ("2", "spendgate"), ("2", "authorize")], run.stdout
+    assert all(row[-2] == "0" for row in rounds), f"a target answered with errors:\n{run.stdout}"
+    by_round = next(line for line in run.stdout.splitlines() if line.startswith("ratio by round"))
+    assert by_round.count("%") == 2, run.stdout
+    assert any(line.startswith("ratio median    conns    4") and "2 rounds" in line
+               for line in run.stdout.splitlines()), run.stdout

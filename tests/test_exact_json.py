@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,3 +40,13 @@ def test_an_integer_past_64_bits_is_written_and_read_exactly() -> None:
 def test_text_the_stdlib_wrote_reads_the_same() -> None:
     document = {"reasons": [{"n": 10**30}], "s": "é"}
     assert exact_json.loads(json.dumps(document)) == document
+
+
+def test_what_orjson_refuses_reads_as_the_stdlib_reads_it() -> None:
+    assert exact_json.loads("[1e400]") == [float("inf")]
+    assert exact_json.loads(b'{"a": NaN}')["a"] != exact_json.loads(b'{"a": NaN}')["a"]  # NaN, as json.loads
+
+
+def test_text_that_is_not_json_says_where() -> None:
+    with pytest.raises(json.JSONDecodeError, match="line 1 column 2"):
+        exact_json.loads('{bad')

@@ -433,6 +433,24 @@ async def test_data_documents_reach_the_policy_and_only_their_own_paths(
         assert sorted(writes) == ["/v1/data/shared", "/v1/data/spendgate/config", "/v1/data/spendgate/prefix"]
 
 
+async def test_numbers_in_a_policys_answer_arrive_exactly(adapter: str, make_engine: MakeEngine, tmp_path: Path) -> None:
+    """A reason may carry any number; the 64-bit range (the widest regorus writes as integers) and fractions
+    arrive as the engine wrote them."""
+    numbers = (
+        "package spendgate.decision\n\n"
+        'result := {"allow": false, "charges": [], "alerts": [], "reasons": [{"code": "x", "entity": null,\n'
+        '  "message": "m", "big": 18446744073709551615, "negative": -9223372036854775808, "fraction": 0.5,\n'
+        '  "small": 7}]}\n'
+    )
+    engine = await make_engine(adapter, policy_dir(tmp_path, {"d.rego": numbers}))
+
+    decision = await engine.decide(personal_key())
+
+    (reason,) = decision.reasons
+    assert (reason["big"], reason["negative"], reason["small"]) == (2**64 - 1, -(2**63), 7)
+    assert type(reason["small"]) is int and reason["fraction"] == 0.5
+
+
 # -- the contract: what is never an allow -------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ orjson refuses to write an integer past 64 bits, and reads one as a float, silen
 in every body, but a policy's reason may carry any number, and what the service stores and answers
 again must be what it answered first. So writing falls back to the stdlib when orjson refuses, and
 reading does when the text holds a run of 20 or more digits (an integer past 64 bits has at least
-20; a long digit run inside a string only costs the slower parse).
+20; a long digit run inside a string only costs the slower parse), and when orjson refuses the text
+(a number past a double's range, or text that is not JSON: the stdlib's reading, or its error).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import orjson
 
 __all__ = ["dumps", "loads"]
 
-_LONG_DIGITS = re.compile(rb"\d{20}")
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")
 
 
 def dumps(document: Any) -> bytes:
@@ -30,7 +32,13 @@ def dumps(document: Any) -> bytes:
 
 def loads(raw: bytes | str) -> Any:
     """The document of JSON text, integers of any size exact."""
-    data = raw.encode() if isinstance(raw, str) else raw
-    if _LONG_DIGITS.search(data):
-        return json.loads(data)
-    return orjson.loads(data)
+    if isinstance(raw, str):
+        long_digits = _LONG_DIGITS_TEXT.search(raw) is not None
+    else:
+        long_digits = _LONG_DIGITS.search(raw) is not None
+    if not long_digits:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the stdlib reads what orjson refuses (a number past a double's range) or says what is wrong
+    return json.loads(raw)

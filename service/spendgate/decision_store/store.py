@@ -8,7 +8,7 @@ a tenth of the cap has been written since the last time, so the table may briefl
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -21,7 +21,7 @@ from ..db import execute_core, execute_many
 from ..tables import DecisionRecord, DecisionRecordEntity
 from .cursor import decode_cursor, encode_cursor
 
-__all__ = ["StoredRow", "row_from_answer", "write_rows", "prune", "recent", "RECORDS", "ENTITIES"]
+__all__ = ["StoredRow", "new_decision_id", "row_from_answer", "write_rows", "prune", "recent", "RECORDS", "ENTITIES"]
 
 RECORDS: Table = DecisionRecord.__table__  # type: ignore[attr-defined]
 ENTITIES: Table = DecisionRecordEntity.__table__  # type: ignore[attr-defined]
@@ -47,12 +47,18 @@ class StoredRow(NamedTuple):
         return list(found)
 
 
+def new_decision_id() -> str:
+    """An opaque decision id, the same in the store and the decision log: 128 random bits as hex
+    (made for every decision; `str(uuid.uuid4())` cost ~2.5 µs of it, this ~0.5)."""
+    return secrets.token_hex(16)
+
+
 def row_from_answer(body: Mapping[str, Any], *, at: datetime, decision_id: str | None = None) -> StoredRow | None:
     """What an authorize answer leaves in the store: a denial, or an allow that carried alerts."""
     if body.get("decision") != "deny" and not body.get("alerts"):
         return None
     return StoredRow(
-        decision_id or uuid.uuid4().hex, str(body["request_id"]), at, str(body["decision"]),
+        decision_id or new_decision_id(), str(body["request_id"]), at, str(body["decision"]),
         list(body.get("reasons") or ()), list(body.get("charges") or ()), list(body.get("alerts") or ()),
         body.get("policy_revision"),
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import uuid
 from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, NamedTuple, cast
@@ -28,7 +27,7 @@ import orjson
 
 from ..alerts.events import refusal_drafts
 from ..counters import Counters
-from ..decision_store import row_from_answer
+from ..decision_store import new_decision_id, row_from_answer
 from ..errors import RecordConflict, SpendgateError
 from ..facts import FactsCache
 from ..ledger_store import LedgerStore
@@ -107,7 +106,7 @@ def _charges(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _emit(entry: dict[str, Any]) -> None:
     if "decision_id" not in entry:
-        entry = {"decision_id": str(uuid.uuid4()), **entry}
+        entry = {"decision_id": new_decision_id(), **entry}
     line = orjson.dumps(entry, default=str).decode()
     writer = sole_writer(decision_log)  # `spendgate serve`'s writer thread: the line, without a LogRecord
     if writer is not None:
@@ -150,7 +149,7 @@ async def observed_authorize(*, runtime: Runtime, request: AuthorizeRequest) -> 
     metrics.count_decision("authorize", body["decision"])
     if body["reasons"]:
         metrics.count_reasons(body["reasons"])
-    decision_id = str(uuid.uuid4())  # the same in the decision store and the log
+    decision_id = new_decision_id()  # the same in the decision store and the log
     if runtime.background is not None and (body["decision"] == "deny" or body["alerts"]):
         # Off the decision path: queued here, written by the background writer (decision_store/writer.py).
         now = runtime.clock()

@@ -198,4 +198,4 @@ def _value(answer: Answer) -> Any:
         if _NO_RULE in str(answer):
             return None  # no module defines the rule: undefined, as OPA answers
         raise PolicyError(f"policy evaluation failed: {clean_engine_message(answer)}") from answer
-    return None if answer == _UNDEFINED else json.loads(answer)
+    return None if answer == _UNDEFINED else exact_json.loads(answer)
