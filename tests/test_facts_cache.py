@@ -13,6 +13,7 @@ from spendgate.db import create_engine, session_factory
 from spendgate.facts import FactsCache
 from spendgate.migrate import upgrade
 from spendgate.settings import Settings
+from spendgate.tables import EndUser
 
 
 class SteppedClock:
@@ -46,6 +47,72 @@ async def test_facts_are_reused_within_their_lifetime_and_reloaded_after(
     assert await load(facts, "eu-1") is first
     clock.now += 0.2
     assert await load(facts, "eu-1") is not first
+
+
+async def test_a_shape_asked_for_late_in_its_lifetime_is_read_again_in_the_background(
+    cache: tuple[FactsCache, SteppedClock],
+) -> None:
+    """Late in its lifetime (REFRESH_AFTER), a request still gets the cached facts at once, and a background
+    read replaces them: a request after the old facts' expiry finds the new ones cached, and sees what
+    changed in the database before the background read (here: the end user was blocked)."""
+    facts, clock = cache
+    statements: list[str] = []
+    event.listen(facts.sessions.kw["bind"].sync_engine, "before_cursor_execute",
+                 lambda *args: statements.append(args[2]))
+    first = await load(facts, "eu-1")
+    assert first.end_user.known is False  # type: ignore[attr-defined]
+    async with facts.sessions() as session:
+        session.add(EndUser(id="eu-1", blocked=True))
+        await session.commit()
+    clock.now += 0.5 * facts_module.REFRESH_AFTER - 0.01
+    assert await load(facts, "eu-1") is first and not facts._refreshing  # early in its lifetime: no read
+
+    clock.now += 0.02  # past REFRESH_AFTER of the lifetime, within it
+    statements.clear()
+    assert await load(facts, "eu-1") is first  # answered from the cache, not after a read
+    (refresh,) = facts._refreshing
+    assert await load(facts, "eu-1") is first and facts._refreshing == {refresh}  # one read per shape at a time
+    await refresh
+    assert statements, "the background read went to the database"
+
+    clock.now += 0.5 * (1 - facts_module.REFRESH_AFTER)  # the first facts have expired now
+    statements.clear()
+    again = await load(facts, "eu-1")
+    assert statements == [] and again is not first
+    assert again.end_user.known and again.end_user.blocked  # type: ignore[attr-defined]
+
+
+async def test_a_failed_background_read_leaves_the_next_request_to_read_and_fail(
+    cache: tuple[FactsCache, SteppedClock], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    facts, clock = cache
+    first = await load(facts, "eu-1")
+    real_read = facts._read_missing
+
+    async def failing(*args: object, **kwargs: object) -> object:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(facts, "_read_missing", failing)
+    clock.now += 0.45
+    assert await load(facts, "eu-1") is first
+    (refresh,) = facts._refreshing
+    await refresh  # the failure stays in the background
+    assert facts._loading == {} and facts._refreshing == set()
+    clock.now += 0.1
+    with pytest.raises(ConnectionError):
+        await load(facts, "eu-1")  # expired now: this request reads, and fails, itself
+    monkeypatch.setattr(facts, "_read_missing", real_read)
+    assert await load(facts, "eu-1") is not first
+
+
+async def test_closing_the_cache_stops_its_background_reads(cache: tuple[FactsCache, SteppedClock]) -> None:
+    facts, clock = cache
+    await load(facts, "eu-1")
+    clock.now += 0.45
+    await load(facts, "eu-1")
+    (refresh,) = facts._refreshing
+    await facts.close()
+    assert refresh.done() and facts._refreshing == set() and facts._loading == {}
 
 
 async def test_expired_shapes_are_forgotten_so_memory_follows_the_recent_rate(

@@ -11,6 +11,12 @@ every request is a shape not seen within the lifetime, but its key chain and end
 were: such a request is assembled from the parts, without a database read. Every part is at most
 `facts_cache_seconds` old, so the bound an admin change waits for is the same either way.
 
+A shape still asked for late in its lifetime (`REFRESH_AFTER` of it) is read again in the background
+while its cached facts keep answering; the new facts replace them before they expire. Without that,
+every hot shape expired under load once a lifetime, and the requests that found it so waited for the
+read together: the slowest 1 % of an open-loop run came in clusters, one per lifetime
+(bench/README.md, twelfth round).
+
 A gateway-asserted principal (identity.py) is looked up by ids instead, with the same row shape:
 the key, user, team and membership it names, the org it asserts (or else the stored ones), and
 their budgets. The asserted team, user and org are the request's facts even where stored rows
@@ -108,6 +114,9 @@ class RequestFacts:
 
 #: A hard bound on cached request shapes (and on cached parts of each kind) per replica, whatever the rate.
 MAX_ENTRIES = 50_000
+#: The part of a lifetime after which a shape asked for is read again in the background (and its parts
+#: that old with it); the cached facts answer meanwhile. A hot shape is then read once per ~0.8 lifetime.
+REFRESH_AFTER = 0.8
 
 
 class _Chain(NamedTuple):
@@ -168,6 +177,8 @@ class FactsCache:
     _named: OrderedDict[tuple[str, str], tuple[float, EntityFacts]] = field(default_factory=OrderedDict)
     _default_end_user: tuple[BudgetWindow, ...] = ()
     _default_budgets: DefaultBudgets = field(default_factory=dict)
+    #: Background reads of shapes late in their lifetime (REFRESH_AFTER), kept until done.
+    _refreshing: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._default_budgets = parse_default_budgets(self.settings.default_budgets)
@@ -182,6 +193,12 @@ class FactsCache:
         self._entries.clear()
         self._chains.clear()
         self._named.clear()
+
+    async def close(self) -> None:
+        """Stop the background reads in flight (before the database they read from is closed)."""
+        for task in list(self._refreshing):
+            task.cancel()
+        await asyncio.gather(*self._refreshing, return_exceptions=True)
 
     async def load(
         self,
@@ -206,6 +223,8 @@ class FactsCache:
         now = self.clock()
         hit = self._entries.get(cache_key)
         if hit is not None and now - hit[0] < self.ttl_seconds:
+            if now - hit[0] >= self.ttl_seconds * REFRESH_AFTER and cache_key not in self._loading:
+                self._refresh(cache_key, principal, model, end_user, named[2], now)
             return hit[1]
         assembled = self._from_parts((*identity, model), end_user, named[2], now, max_age=self.ttl_seconds)
         if assembled is not None:
@@ -219,16 +238,55 @@ class FactsCache:
                 if not loading.cancelled():
                     raise  # this request was cancelled
                 # the reading request was cancelled (its client left): read here instead
-        loading = asyncio.get_running_loop().create_future()
+        return await self._read_shape(self._start_loading(cache_key), cache_key, principal, model, end_user, named[2],
+                                      now, max_age=self.ttl_seconds)
+
+    def _start_loading(self, cache_key: tuple[Any, ...]) -> asyncio.Future[RequestFacts]:
+        """The future a read of `cache_key`'s shape will complete: requests that find the shape missing meanwhile
+        wait for it, and no second background read of the shape starts."""
+        loading: asyncio.Future[RequestFacts] = asyncio.get_running_loop().create_future()
         self._loading[cache_key] = loading
-        chain_key = (*identity, model)
+        return loading
+
+    def _refresh(
+        self, cache_key: tuple[Any, ...], principal: Principal | None, model: str | None, end_user: str | None,
+        tags: tuple[str, ...], now: float,
+    ) -> None:
+        """Read `cache_key`'s shape again in the background: its parts as old as REFRESH_AFTER of a lifetime."""
+        loading = self._start_loading(cache_key)  # now: the next request must not start a second read
+
+        async def refresh() -> None:
+            try:
+                await self._read_shape(loading, cache_key, principal, model, end_user, tags, now,
+                                       max_age=self.ttl_seconds * REFRESH_AFTER)
+            except Exception as exc:  # noqa: BLE001 — the facts expire; the next request reads, and says why
+                log.debug("background read of a request shape failed: %s", type(exc).__name__)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._refreshing.discard(task)
+            if not loading.done():  # cancelled before it began (close): waiters read for themselves
+                loading.cancel()
+            if self._loading.get(cache_key) is loading:
+                del self._loading[cache_key]
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._refreshing.add(task)
+        task.add_done_callback(finished)
+
+    async def _read_shape(
+        self, loading: asyncio.Future[RequestFacts], cache_key: tuple[Any, ...], principal: Principal | None,
+        model: str | None, end_user: str | None, tags: tuple[str, ...], now: float, *, max_age: float,
+    ) -> RequestFacts:
+        """Read the parts of `cache_key`'s shape older than `max_age` (or missing), cache the shape and return
+        it, completing `loading` (`_start_loading`) with it."""
+        chain_key = (*cache_key[:-3], model)  # the identity, then the model
         try:
             assembled = None
             while assembled is None:  # again if a cached part expired (or was forgotten) while this read waited
-                read = await self._read_missing(chain_key, principal, model, end_user, named[2], now)
+                read = await self._read_missing(chain_key, principal, model, end_user, tags, now, max_age=max_age)
                 now = self.clock()
                 # What was just read is used even with a lifetime of 0; the cached parts must still be fresh.
-                assembled = self._from_parts(chain_key, end_user, named[2], now, max_age=self.ttl_seconds, read=read)
+                assembled = self._from_parts(chain_key, end_user, tags, now, max_age=self.ttl_seconds, read=read)
             loaded_at, facts = assembled
         except asyncio.CancelledError:
             loading.cancel()
@@ -276,9 +334,10 @@ class FactsCache:
             key_model=chain.key_model, end_user=eu, tags=tuple(parts), identity_source=chain.identity_source,
         )
 
-    def _fresh(self, entries: OrderedDict[Any, tuple[float, Any]], key: Any, now: float) -> bool:
+    @staticmethod
+    def _fresh(entries: OrderedDict[Any, tuple[float, Any]], key: Any, now: float, max_age: float) -> bool:
         found = entries.get(key)
-        return found is not None and now - found[0] < self.ttl_seconds
+        return found is not None and now - found[0] < max_age
 
     async def _read_missing(
         self,
@@ -288,12 +347,14 @@ class FactsCache:
         end_user: str | None,
         tags: tuple[str, ...],
         now: float,
+        *,
+        max_age: float,
     ) -> _Read:
-        """Read the parts of a shape that are not cached (or past their lifetime), cache them, and
-        return them."""
-        missing_end_user = end_user if end_user and not self._fresh(self._named, ("end_user", end_user), now) else None
-        missing_tags = tuple(tag for tag in tags if not self._fresh(self._named, ("tag", tag), now))
-        read_chain = not self._fresh(self._chains, chain_key, now)
+        """Read the parts of a shape that are not cached (or `max_age` old), cache them, and return them."""
+        fresh_end_user = end_user is None or self._fresh(self._named, ("end_user", end_user), now, max_age)
+        missing_end_user = None if fresh_end_user else end_user
+        missing_tags = tuple(tag for tag in tags if not self._fresh(self._named, ("tag", tag), now, max_age))
+        read_chain = not self._fresh(self._chains, chain_key, now, max_age)
         chain: _Chain | None = None
         named: dict[tuple[str, str], EntityFacts] = {}
         if not (read_chain or missing_end_user or missing_tags):

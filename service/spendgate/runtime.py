@@ -131,6 +131,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     engine = create_engine(settings)
     redis_client: aioredis.Redis | None = None
     adapter: Counters | None = None
+    facts: FactsCache | None = None
     try:
         await policy.start()  # OPA: push the policies now, so one OPA refuses stops start-up too
         if migrate:
@@ -165,6 +166,8 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         )
         yield Runtime(settings, engine, sessions, ledgers, counters, policy, facts, redis_client, metrics=metrics)
     finally:
+        if facts is not None:
+            await facts.close()  # its background reads, before the database closes
         if adapter is not None and redis_client is None:
             await adapter.close()  # SQLite: its connection and thread (Redis: the client, closed below)
         await policy.close()
