@@ -7,6 +7,7 @@ places — the ledger's unit. Output always has at least six decimal places ("0.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Annotated, Any
@@ -21,10 +22,19 @@ NANOS_PER_USD = 1_000_000_000
 MAX_NANOS = 10**9 * NANOS_PER_USD
 _MAX_USD = Decimal(MAX_NANOS) / NANOS_PER_USD
 _NANO = Decimal("1e-9")
+#: The common amount: plain digits with at most 9 decimals, read without Decimal (every authorize has one).
+_PLAIN_AMOUNT = re.compile(r"([0-9]{1,10})(?:\.([0-9]{1,9}))?")
 
 
 def to_nanos(value: Any) -> int:
     """Parse a JSON number or decimal string into nano-USD; ValueError says what is wrong."""
+    if type(value) is str:
+        plain = _PLAIN_AMOUNT.fullmatch(value)
+        if plain is not None:
+            whole, fraction = plain.groups()
+            nanos = int(whole) * NANOS_PER_USD + (int(fraction.ljust(9, "0")) if fraction else 0)
+            if nanos <= MAX_NANOS:
+                return nanos  # anything else is read below, which also says what is wrong
     if isinstance(value, bool) or value is None:
         raise ValueError("must be a decimal amount in USD, e.g. \"0.02\"")
     if isinstance(value, int):
