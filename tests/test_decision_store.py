@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import CacheStats
 
 from spendgate.db import create_engine, execute_core, session_factory
-from spendgate.decision_store.store import StoredRow, write_rows
+from spendgate.decision_store.store import StoredRow, new_decision_id, write_rows
 from spendgate.decision_store.writer import BackgroundWriter
 from spendgate.migrate import upgrade
 from spendgate.settings import Settings
@@ -197,3 +199,21 @@ async def test_refusals_arriving_one_at_a_time_are_written_in_one_transaction(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await engine.dispose()
+
+
+async def test_decision_ids_differ_whatever_seeds_the_global_generator_and_in_a_forked_child() -> None:
+    random.seed(7)
+    first = new_decision_id()
+    random.seed(7)
+    assert new_decision_id() != first
+    assert len(first) == 32 and int(first, 16) >= 0
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: one id, then gone
+        os.write(write, new_decision_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child_id) == 32 and child_id != new_decision_id()

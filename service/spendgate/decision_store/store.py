@@ -8,6 +8,7 @@ a tenth of the cap has been written since the last time, so the table may briefl
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -47,13 +48,18 @@ class StoredRow(NamedTuple):
         return list(found)
 
 
+#: The decision ids' own generator: seeded from the OS, again in a forked child, and untouched by a
+#: `random.seed()` anywhere else in the process.
+_IDS = random.Random()
+os.register_at_fork(after_in_child=_IDS.seed)
+
+
 def new_decision_id() -> str:
     """An opaque decision id, the same in the store and the decision log: 128 random bits as hex.
 
-    Unique, not secret: from `random`'s generator, which CPython seeds from the OS per process and again
-    in a forked child. Not `uuid.uuid4()` or `secrets`: their system call per decision was 2 % of a
-    replica's authorize time (py-spy, bench/README.md, twelfth round)."""
-    return f"{random.getrandbits(128):032x}"
+    Unique, not secret, so no system call per decision: `uuid.uuid4()` and `secrets` each read the OS's
+    randomness, 2 % of a replica's authorize time (py-spy, bench/README.md, twelfth round)."""
+    return f"{_IDS.getrandbits(128):032x}"
 
 
 def row_from_answer(body: Mapping[str, Any], *, at: datetime, decision_id: str | None = None) -> StoredRow | None:
