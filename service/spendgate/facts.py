@@ -351,7 +351,7 @@ class FactsCache:
         max_age: float,
     ) -> _Read:
         """Read the parts of a shape that are not cached (or `max_age` old), cache them, and return them."""
-        fresh_end_user = end_user is None or self._fresh(self._named, ("end_user", end_user), now, max_age)
+        fresh_end_user = not end_user or self._fresh(self._named, ("end_user", end_user), now, max_age)
         missing_end_user = None if fresh_end_user else end_user
         missing_tags = tuple(tag for tag in tags if not self._fresh(self._named, ("tag", tag), now, max_age))
         read_chain = not self._fresh(self._chains, chain_key, now, max_age)
