@@ -19,7 +19,8 @@ from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from .vocabulary import DENY_CODES, ENTITY_TYPES
@@ -70,12 +71,11 @@ class StageHistogram:
 
     def collect(self) -> Iterator[Metric]:
         histogram = HistogramMetricFamily(self._name, self._documentation, labels=["phase", "stage"])
-        created = GaugeMetricFamily(f"{self._name}_created", self._documentation, labels=["phase", "stage"])
         for (phase, stage), (counts, total) in self._series.items():
             histogram.add_metric([phase, stage], buckets=list(zip(self._le, accumulate(counts))), sum_value=total[0])
-            created.add_metric([phase, stage], self._created)
+            # One family, as the library's: its `_created` samples are part of the histogram's.
+            histogram.samples.append(Sample(f"{self._name}_created", {"phase": phase, "stage": stage}, self._created))
         yield histogram
-        yield created
 
 
 class Metrics:
