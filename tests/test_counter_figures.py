@@ -96,8 +96,8 @@ async def test_figures_late_in_their_life_are_read_again_by_one_request_while_th
 async def test_a_read_finds_the_prior_decision_and_rebuilds_a_missing_ledger_in_either_protocol(
     redis: Harness, redis_url: str, daily: Daily, protocol: int
 ) -> None:
-    """The read script answers '' for what is missing: a Lua nil or false reaches RESP2 and RESP3
-    clients differently, and a user's SPENDGATE_REDIS_URL may ask for either (`?protocol=3`)."""
+    """A user's SPENDGATE_REDIS_URL may ask for RESP3 (`?protocol=3`): a missing decision or ledger hash
+    reads as missing in either protocol."""
     seen, unseen = daily("u1"), never_resets(f"k-{protocol}")
     await authorize(redis.replica, "first", [(seen, None)], 5)
     reader = RedisCounters(aioredis.from_url(redis_url, protocol=protocol), redis.store.snapshots)

@@ -220,13 +220,16 @@ class FactsCache:
         else:
             raise ValueError("facts need an api_key or a principal")
         cache_key = (*identity, *named)
+        chain_key = (*identity, model)
         now = self.clock()
         hit = self._entries.get(cache_key)
-        if hit is not None and now - hit[0] < self.ttl_seconds:
-            if now - hit[0] >= self.ttl_seconds * REFRESH_AFTER and cache_key not in self._loading:
-                self._refresh(cache_key, principal, model, end_user, named[2], now)
-            return hit[1]
-        assembled = self._from_parts((*identity, model), end_user, named[2], now, max_age=self.ttl_seconds)
+        if hit is not None:
+            age = now - hit[0]
+            if age < self.ttl_seconds:
+                if age >= self.ttl_seconds * REFRESH_AFTER and cache_key not in self._loading:
+                    self._refresh(cache_key, chain_key, principal, model, end_user, named[2], now)
+                return hit[1]
+        assembled = self._from_parts(chain_key, end_user, named[2], now, max_age=self.ttl_seconds)
         if assembled is not None:
             self._keep(cache_key, *assembled, now)
             return assembled[1]
@@ -238,8 +241,8 @@ class FactsCache:
                 if not loading.cancelled():
                     raise  # this request was cancelled
                 # the reading request was cancelled (its client left): read here instead
-        return await self._read_shape(self._start_loading(cache_key), cache_key, principal, model, end_user, named[2],
-                                      now, max_age=self.ttl_seconds)
+        return await self._read_shape(self._start_loading(cache_key), cache_key, chain_key, principal, model, end_user,
+                                      named[2], now, max_age=self.ttl_seconds)
 
     def _start_loading(self, cache_key: tuple[Any, ...]) -> asyncio.Future[RequestFacts]:
         """The future a read of `cache_key`'s shape will complete: requests that find the shape missing meanwhile
@@ -249,15 +252,15 @@ class FactsCache:
         return loading
 
     def _refresh(
-        self, cache_key: tuple[Any, ...], principal: Principal | None, model: str | None, end_user: str | None,
-        tags: tuple[str, ...], now: float,
+        self, cache_key: tuple[Any, ...], chain_key: tuple[Any, ...], principal: Principal | None, model: str | None,
+        end_user: str | None, tags: tuple[str, ...], now: float,
     ) -> None:
         """Read `cache_key`'s shape again in the background: its parts as old as REFRESH_AFTER of a lifetime."""
         loading = self._start_loading(cache_key)  # now: the next request must not start a second read
 
         async def refresh() -> None:
             try:
-                await self._read_shape(loading, cache_key, principal, model, end_user, tags, now,
+                await self._read_shape(loading, cache_key, chain_key, principal, model, end_user, tags, now,
                                        max_age=self.ttl_seconds * REFRESH_AFTER)
             except Exception as exc:  # noqa: BLE001 — the facts expire; the next request reads, and says why
                 log.debug("background read of a request shape failed: %s", type(exc).__name__)
@@ -274,12 +277,13 @@ class FactsCache:
         task.add_done_callback(finished)
 
     async def _read_shape(
-        self, loading: asyncio.Future[RequestFacts], cache_key: tuple[Any, ...], principal: Principal | None,
-        model: str | None, end_user: str | None, tags: tuple[str, ...], now: float, *, max_age: float,
+        self, loading: asyncio.Future[RequestFacts], cache_key: tuple[Any, ...], chain_key: tuple[Any, ...],
+        principal: Principal | None, model: str | None, end_user: str | None, tags: tuple[str, ...], now: float, *,
+        max_age: float,
     ) -> RequestFacts:
         """Read the parts of `cache_key`'s shape older than `max_age` (or missing), cache the shape and return
-        it, completing `loading` (`_start_loading`) with it."""
-        chain_key = (*cache_key[:-3], model)  # the identity, then the model
+        it, completing `loading` (`_start_loading`) with it. `chain_key` names its key chain: the identity, then
+        the model."""
         try:
             assembled = None
             while assembled is None:  # again if a cached part expired (or was forgotten) while this read waited

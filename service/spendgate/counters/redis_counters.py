@@ -105,7 +105,6 @@ class RedisCounters:
         self._commit = client.register_script(lib + _lua("commit.lua"))
         self._settle = client.register_script(lib + _lua("settle.lua"))
         self._expire = client.register_script(lib + _lua("expire.lua"))
-        self._read_script = client.register_script(_lua("read.lua"))
 
     # --- key names --------------------------------------------------------------------
 
@@ -139,24 +138,26 @@ class RedisCounters:
     async def _read(
         self, request_id: str | None, ledgers: Sequence[LedgerRef]
     ) -> tuple[StoredDecision | None, dict[str, Figures]]:
-        """One round trip (lua/read.lua): the prior decision (when asked) and every ledger's figures.
-        The figures are advisory — the commit script re-checks them atomically."""
+        """One pipelined round trip: the prior decision (when asked) and every ledger's figures.
+        Not MULTI/EXEC: the figures are advisory — the commit script re-checks them atomically."""
         refs = list({ref.id: ref for ref in ledgers}.values())
         if not refs and request_id is None:
             return None, {}
-        keys = [self._ledger_key(ref.id) for ref in refs]
-        if request_id is not None:
-            keys.insert(0, self._decision_key(request_id))
         with _redis_errors:
-            reply = await self._read_script(keys=keys, args=["1" if request_id is not None else "0"])
-        raw, flat = reply[0], reply[1:]
-        if raw:
-            return decode_decision(raw), {}
+            pipe = self._client.pipeline(transaction=False)
+            if request_id is not None:
+                pipe.get(self._decision_key(request_id))
+            for ref in refs:
+                pipe.hmget(self._ledger_key(ref.id), "spent", "reserved")
+            rows = await pipe.execute()
+        if request_id is not None:
+            raw, rows = rows[0], rows[1:]
+            if raw is not None:
+                return decode_decision(raw), {}
         figures: dict[str, Figures] = {}
         missing: list[LedgerRef] = []
-        for i, ref in enumerate(refs):
-            spent, reserved = flat[2 * i], flat[2 * i + 1]
-            if not spent:
+        for ref, (spent, reserved) in zip(refs, rows):
+            if spent is None:
                 missing.append(ref)
             else:
                 figures[ref.id] = Figures(int(_text(spent)), int(_text(reserved or b"0")))

@@ -3,7 +3,7 @@
 The same tables and semantics as `SqlCounters` (reservations on the ledger rows themselves, a
 `reservations` row per decision, first writer wins, each release exactly once, settled decisions
 forgotten after 24 h), so `SqlReconciler`, the admin views and `SqlCounters` read the rows it
-writes: JSON columns as SQLAlchemy's `JSON` type writes them (`json.dumps`), timestamps as its
+writes: JSON columns as the engine's `JSON` type writes them (`db.json_text`), timestamps as its
 SQLite `DATETIME` does (naive UTC text with microseconds), booleans as 0/1.
 
 What differs is how it gets there: every port call is ONE hop to a dedicated `sqlite3`
@@ -16,13 +16,13 @@ comparison is on exact Python integers.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
-from ..db import sqlite_file
+from .. import exact_json
+from ..db import json_text, sqlite_file
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, StoredDecision
 from .holds import decision_json, has_room, stored_decision, unique_holds
@@ -87,7 +87,7 @@ def _figures(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Figures]:
 
 def _prior(db: sqlite3.Connection, request_id: str) -> StoredDecision | None:
     row = db.execute(_PRIOR, (request_id,)).fetchone()
-    return None if row is None else stored_decision(request_id, row[0], json.loads(row[1]))
+    return None if row is None else stored_decision(request_id, row[0], exact_json.loads(row[1]))
 
 
 def _prior_and_read(
@@ -105,7 +105,7 @@ def _unreserve(db: sqlite3.Connection, totals: dict[str, int]) -> None:
 def _released(rows: Sequence[tuple[int, str]]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for amount, charges in rows:
-        for ledger_id in set(json.loads(charges)):
+        for ledger_id in set(exact_json.loads(charges)):
             totals[ledger_id] = totals.get(ledger_id, 0) + int(amount)
     return totals
 
@@ -117,8 +117,8 @@ class _Commit:
         self.decision = decision
         self.holds = holds
         self.ids = [hold.ledger.id for hold in holds]
-        self.charges = json.dumps(self.ids)
-        self.body = json.dumps(decision_json(decision))
+        self.charges = json_text(self.ids)
+        self.body = json_text(decision_json(decision))
         self.expires_at = _stamp(expires_at)
 
     def __call__(self, db: sqlite3.Connection) -> CommitOutcome:
