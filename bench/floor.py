@@ -161,6 +161,8 @@ class Bench:
         self.redis: Any = None
         self.run_id = uuid.uuid4().hex[:8]
         self.results: list[Result] = []
+        #: Put before every server's command (bench/instructions.py runs the servers under valgrind).
+        self.command_prefix: list[str] = []
 
     # --- processes -------------------------------------------------------------------------------
 
@@ -174,8 +176,8 @@ class Bench:
         port = services.free_port()
         log = self.workdir / f"{name.replace(' ', '-')}.log"
         with log.open("wb") as out:
-            process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                       cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
+            process = subprocess.Popen([*self.command_prefix, *command, "--host", "127.0.0.1", "--port", str(port)],
+                                       env=env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         server = Server(name, process, port, log)
         deadline = time.monotonic() + 60

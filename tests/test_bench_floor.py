@@ -1,7 +1,9 @@
-"""bench/floor.py in its smoke mode (a second of load per target), so the script cannot rot unseen.
+"""bench/floor.py (and bench/instructions.py) in smoke mode (a second of load per target), so the scripts
+cannot rot unseen.
 
-It starts real servers (the floor apps, `spendgate serve` on PostgreSQL + Redis and on SQLite) and drives
-them with wrk; only that it ran and printed its rows is asserted — numbers belong to bench/README.md.
+They start real servers (the floor apps, `spendgate serve` on PostgreSQL + Redis and on SQLite) and drive
+them with wrk (instructions.py: under valgrind, with its own client); only that they ran and printed their
+rows is asserted — numbers belong to bench/README.md.
 """
 
 from __future__ import annotations
@@ -60,3 +62,22 @@ def test_alternating_run_measures_both_targets_each_round_and_prints_the_median_
     assert by_round.count("%") == 2, run.stdout
     assert any(line.startswith("ratio median    conns    4") and "2 rounds" in line
                for line in run.stdout.splitlines()), run.stdout
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="needs valgrind (Debian package valgrind)")
+def test_instruction_count_run_prints_both_targets_by_object_and_their_ratio() -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "instructions.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    header = next(line.split() for line in lines if line.startswith("k instructions per authorize"))
+    assert "libpython" in header and "regorus" in header, run.stdout
+    rows = {line.split(" (round")[0]: line.split(")")[1].split() for line in lines if " (round 1)" in line}
+    assert set(rows) == {"authorize floor", "spendgate"}, run.stdout
+    totals = {name: int(cells[0].replace(",", "")) for name, cells in rows.items()}
+    regorus = header.index("regorus") - 4  # the row's cells line up with the header's words after its title
+    assert totals["authorize floor"] > 0 and int(rows["authorize floor"][regorus].replace(",", "")) == 0, run.stdout
+    assert int(rows["spendgate"][regorus].replace(",", "")) > 0, run.stdout  # only Spendgate asks the policy
+    assert any(line.startswith("ratio spendgate / authorize floor") for line in lines), run.stdout

@@ -34,12 +34,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 __all__ = ["service_connections"]
 
 #: Argument types hiredis writes exactly as redis-py does (bool is excluded: `type(True) is bool`).
-_SAME_BYTES = (str, bytes, int)
+_SAME_BYTES = frozenset((str, bytes, int))
 
 
 class _HiredisPacking(AbstractConnection):
     def pack_command(self, *args: Any) -> list[bytes]:
-        if all(type(arg) in _SAME_BYTES for arg in args) and not _names_two_words(args[0]):
+        # The argument types gathered in C (a commit has ~40 arguments: a generator was 3 µs of it).
+        if _SAME_BYTES.issuperset(map(type, args)) and not _names_two_words(args[0]):
             return [hiredis.pack_command(args)]
         return super().pack_command(*args)  # floats, memoryviews, a command name such as 'CONFIG GET'
 

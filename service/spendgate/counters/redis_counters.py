@@ -53,16 +53,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _ledger_ttl(ref: LedgerRef) -> str:
-    """Seconds a ledger hash should live ('' for a ledger that never resets)."""
+def _ledger_ttl(ref: LedgerRef, now: float) -> str:
+    """Seconds a ledger hash should live ('' for a ledger that never resets); `now`: `time.time()`."""
     if ref.period_end is None:
         return ""
-    remaining = int(ref.period_end.timestamp() - time.time()) + LEDGER_GRACE_SECONDS
+    remaining = int(ref.period_end.timestamp() - now) + LEDGER_GRACE_SECONDS
     return str(max(remaining, 3600))
 
 
-def _figures(holds: Sequence[Hold], flat: Sequence[str]) -> dict[str, Figures]:
-    """Figures of the held ledgers from a script's flat reply (spent, reserved per hold, in order)."""
+def _figures(holds: Sequence[Hold], flat: Sequence[bytes | str]) -> dict[str, Figures]:
+    """Figures of the held ledgers from a script's flat reply (spent, reserved per hold, in order; `int`
+    reads the reply's bytes as they are)."""
     return {hold.ledger.id: Figures(int(flat[2 * i]), int(flat[2 * i + 1])) for i, hold in enumerate(holds)}
 
 
@@ -160,7 +161,7 @@ class RedisCounters:
             if spent is None:
                 missing.append(ref)
             else:
-                figures[ref.id] = Figures(int(_text(spent)), int(_text(reserved or b"0")))
+                figures[ref.id] = Figures(int(spent), int(reserved or b"0"))
         if missing:
             figures.update(await self._rebuild(missing))
         return None, figures
@@ -191,13 +192,14 @@ class RedisCounters:
             str(int(now.timestamp() * 1000) + ttl_seconds * 1000),
             decision.request_id,
         ]
+        wall = time.time()
         for hold in unique:
-            args += [hold.ledger.id, "" if hold.limit is None else str(hold.limit), _ledger_ttl(hold.ledger)]
+            args += [hold.ledger.id, "" if hold.limit is None else str(hold.limit), _ledger_ttl(hold.ledger, wall)]
         refs = {hold.ledger.id: hold.ledger for hold in unique}
         for _ in range(REBUILD_ATTEMPTS):
             with _redis_errors:
-                reply = [_text(item) for item in await self._commit(keys=keys, args=args)]
-            status, rest = reply[0], reply[1:]
+                reply = await self._commit(keys=keys, args=args)
+            status, rest = _text(reply[0]), reply[1:]
             if status == "committed":  # the figures each held ledger had before its reservation
                 seen = _figures(unique, rest)
                 after = {key: Figures(f.spent, f.reserved + decision.amount) for key, f in seen.items()}
@@ -206,8 +208,9 @@ class RedisCounters:
                 return CommitOutcome("duplicate", decode_decision(rest[0]))
             if status == "no_room":  # the ids without room, then every held ledger's figures
                 count = int(rest[0])
-                return CommitOutcome("no_room", None, tuple(rest[1:1 + count]), _figures(unique, rest[1 + count:]))
-            await self._rebuild([refs[ledger_id] for ledger_id in rest])
+                full = tuple(_text(ledger_id) for ledger_id in rest[1:1 + count])
+                return CommitOutcome("no_room", None, full, _figures(unique, rest[1 + count:]))
+            await self._rebuild([refs[_text(ledger_id)] for ledger_id in rest])
         raise Unavailable("redis", "ledger counters disappear as soon as they are rebuilt; check maxmemory-policy")
 
     async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:
@@ -220,7 +223,7 @@ class RedisCounters:
         for snap in newest.values():
             args += [str(snap.spent), str(snap.version)]
         with _redis_errors:
-            flat = [_text(item) for item in await self._settle(keys=keys, args=args)]
+            flat = await self._settle(keys=keys, args=args)
         return {ledger_id: Figures(int(flat[2 * i]), int(flat[2 * i + 1])) for i, ledger_id in enumerate(newest)}
 
     async def expire(self, *, now: datetime, limit: int = 500) -> int:
@@ -245,11 +248,10 @@ class RedisCounters:
             self._on_rebuild(len(refs))
         snapshots = await self._load_snapshots([ref.id for ref in refs])
         args: list[str] = []
+        wall = time.time()
         for ref in refs:
             snap = snapshots.get(ref.id)
-            args += [str(snap.spent if snap else 0), str(snap.version if snap else 0), _ledger_ttl(ref)]
+            args += [str(snap.spent if snap else 0), str(snap.version if snap else 0), _ledger_ttl(ref, wall)]
         with _redis_errors:
             flat = await self._seed(keys=[self._epoch_key] + [self._ledger_key(ref.id) for ref in refs], args=args)
-        return {
-            ref.id: Figures(int(_text(flat[2 * i])), int(_text(flat[2 * i + 1]))) for i, ref in enumerate(refs)
-        }
+        return {ref.id: Figures(int(flat[2 * i]), int(flat[2 * i + 1])) for i, ref in enumerate(refs)}
