@@ -427,8 +427,8 @@ class Bench:
         if any(r.errors for r in self.results if r.target == server.name):
             _print_last_error(server)
 
-    def run(self) -> None:
-        args = self.args
+    def prepare(self) -> None:
+        """The run's own database, migrated, and its own redis-server (`close` removes both)."""
         self.database_url = asyncio.run(services.create_database("spendgate_floor"))
         self.redis = services.RedisServer(workdir=self.workdir)
         self.redis.start()
@@ -436,6 +436,10 @@ class Bench:
                                  text=True, env=self._env(SPENDGATE_DATABASE_URL=self.database_url), check=False)
         if migrate.returncode != 0:
             raise RuntimeError(f"spendgate migrate failed: {migrate.stdout}{migrate.stderr}")
+
+    def run(self) -> None:
+        args = self.args
+        self.prepare()
         print(machine_summary())
         print(f"load generator: wrk ({_wrk_version()}) closed loop, bench/wrk/decisions.lua; open loop: "
               f"bench/floor.py fixed rate (lean client) at half the best closed-loop authorize rate")

@@ -28,7 +28,6 @@ Needs valgrind (Debian package `valgrind`; its callgrind_control and callgrind_a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from _common import VENV_BIN, machine_summary, services
+from _common import machine_summary
 from floor import GATEWAY_TOKEN, Bench, Server
 from floor import parse_args as floor_args
 
@@ -128,13 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.command_prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={dumps}.%p"]
     results: dict[str, list[Counter[str]]] = {}
     try:
-        bench.database_url = asyncio.run(services.create_database("spendgate_floor"))
-        bench.redis = services.RedisServer(workdir=bench.workdir)
-        bench.redis.start()
-        migrate = subprocess.run([str(VENV_BIN / "spendgate"), "migrate"], cwd=bench.workdir, capture_output=True,
-                                 text=True, env=bench._env(SPENDGATE_DATABASE_URL=bench.database_url), check=False)
-        if migrate.returncode != 0:
-            raise RuntimeError(f"spendgate migrate failed: {migrate.stdout}{migrate.stderr}")
+        bench.prepare()
         print(machine_summary())
         print(f"valgrind callgrind, server process only; {args.n} authorizes one at a time per round, "
               f"after {_WARMUP_REQUESTS} uncounted", flush=True)
