@@ -148,6 +148,34 @@ async def test_a_write_that_raises_rolls_back_alone_and_its_batch_commits(sqlite
     assert sorted(stored) == ["first", "last", "second"]
 
 
+async def test_a_batch_of_writes_that_all_succeed_runs_few_statements(tmp_path: Path) -> None:
+    # Each statement hands the GIL back to the event loop and waits for it: the common batch is kept to
+    # BEGIN, one savepoint, the writes' own statements and COMMIT (sqlite_worker.py).
+    url = await _migrated(tmp_path / "spendgate.db")
+    statements: list[str] = []
+
+    def traced() -> sqlite3.Connection:
+        db = connect_sqlite(str(tmp_path / "spendgate.db"))
+        db.set_trace_callback(statements.append)
+        return db
+
+    counters = SqliteCounters.for_url(url)
+    counters._worker = SqliteWorker(traced)
+    try:
+        # The first write goes alone, the nine queued behind it as one batch.
+        assert await asyncio.gather(*(_commit(counters, f"r{index}", amount=1) for index in range(10))) == (
+            ["committed"] * 10
+        )
+    finally:
+        await counters.close()
+
+    savepoints = [s for s in statements if s.startswith("SAVEPOINT")]
+    assert counters.worker.commits == 2 and savepoints == ["SAVEPOINT batch"] * 2, statements
+    # The lock is asked for with a short timeout, set once: no reads in between wanted the long one back.
+    assert [s for s in statements if s.startswith("PRAGMA busy_timeout =")] == ["PRAGMA busy_timeout = 20"]
+    assert _rows(tmp_path / "spendgate.db", "SELECT count(*) FROM reservations") == [(10,)]
+
+
 async def test_a_write_lock_held_elsewhere_blocks_its_thread_never_the_event_loop(
     sqlite_url: str, sqlite_counters: SqliteCounters, tmp_path: Path,
 ) -> None:

@@ -90,6 +90,25 @@ def _prior(db: sqlite3.Connection, request_id: str) -> StoredDecision | None:
     return None if row is None else stored_decision(request_id, row[0], exact_json.loads(row[1]))
 
 
+def _prior_and_rows(
+    db: sqlite3.Connection, request_id: str, ids: Sequence[str]
+) -> tuple[StoredDecision | None, dict[str, Figures]]:
+    """The decision stored for `request_id` and the figures of those ledgers that have a row, in one
+    statement (each statement is a wait for the GIL: sqlite_worker.py)."""
+    query = (
+        "SELECT NULL, amount, decision FROM reservations WHERE request_id = ?"
+        f" UNION ALL SELECT ledger_id, spent, reserved FROM ledgers WHERE ledger_id IN ({_marks(len(ids))})"
+    )
+    prior: StoredDecision | None = None
+    found: dict[str, Figures] = {}
+    for ledger_id, first, second in db.execute(query, (request_id, *ids)):
+        if ledger_id is None:
+            prior = stored_decision(request_id, first, exact_json.loads(second))
+        else:
+            found[ledger_id] = Figures(first, second)
+    return prior, found
+
+
 def _prior_and_read(
     db: sqlite3.Connection, request_id: str, ids: Sequence[str]
 ) -> tuple[StoredDecision | None, dict[str, Figures]]:
@@ -123,13 +142,12 @@ class _Commit:
 
     def __call__(self, db: sqlite3.Connection) -> CommitOutcome:
         decision, amount = self.decision, self.decision.amount
-        prior = _prior(db, decision.request_id)
+        prior, found = _prior_and_rows(db, decision.request_id, self.ids)
         if prior is not None:
             return CommitOutcome("duplicate", prior)
         now = _stamp(datetime.now(timezone.utc))
         after: dict[str, Figures] = {}
         if self.holds:
-            found = _rows(db, self.ids)
             seen = {ledger_id: found.get(ledger_id, Figures(0, 0)) for ledger_id in self.ids}
             full = tuple(
                 hold.ledger.id
