@@ -163,12 +163,14 @@ class Bench:
         self.results: list[Result] = []
         #: Put before every server's command (bench/instructions.py runs the servers under valgrind).
         self.command_prefix: list[str] = []
+        #: The `service/` whose `spendgate` the servers import (bench/ab.py points one at another commit's).
+        self.service_dir = ROOT / "service"
 
     # --- processes -------------------------------------------------------------------------------
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SPENDGATE_", "FLOOR_"))}
-        env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(ROOT / "service")])
+        env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(self.service_dir)])
         env.update(extra)
         return env
 

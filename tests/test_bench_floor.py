@@ -1,4 +1,4 @@
-"""bench/floor.py (and bench/instructions.py) in smoke mode (a second of load per target), so the scripts
+"""bench/floor.py (and bench/instructions.py, bench/ab.py) in smoke mode (a second of load per target), so the scripts
 cannot rot unseen.
 
 They start real servers (the floor apps, `spendgate serve` on PostgreSQL + Redis and on SQLite) and drive
@@ -8,9 +8,11 @@ rows is asserted — numbers belong to bench/README.md.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,39 @@ def test_instruction_count_run_prints_both_targets_by_object_and_their_ratio() -
     assert totals["authorize floor"] > 0 and int(rows["authorize floor"][regorus].replace(",", "")) == 0, run.stdout
     assert int(rows["spendgate"][regorus].replace(",", "")) > 0, run.stdout  # only Spendgate asks the policy
     assert any(line.startswith("ratio spendgate / authorize floor") for line in lines), run.stdout
+
+
+def _commit_with_another_policy_revision() -> str:
+    """A commit (on no branch; the work tree and index untouched) whose policies differ from HEAD's by a comment."""
+    def git(*args: str, stdin: str | None = None, **env: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], input=stdin, capture_output=True, text=True,
+                              check=True, env={**os.environ, **env}).stdout.strip()
+
+    policy = "policies/spendgate/decision/decision.rego"
+    blob = git("hash-object", "-w", "--stdin", stdin=(ROOT / policy).read_text() + "\n# bench/ab.py test\n")
+    with tempfile.TemporaryDirectory() as scratch:
+        index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        git("read-tree", "HEAD", **index)
+        git("update-index", "--cacheinfo", f"100644,{blob},{policy}", **index)
+        tree = git("write-tree", **index)
+    return git("commit-tree", tree, "-p", "HEAD", "-m", "bench/ab.py test: another policy revision")
+
+
+def test_ab_run_serves_each_side_from_its_own_commit_and_measures_both_in_turns() -> None:
+    ref = _commit_with_another_policy_revision()
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab.py"), ref, "--smoke", "--embedded"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    revisions = {line.split(":")[0].strip("( "): line.rsplit("policy revision ", 1)[1].rstrip(")")
+                 for line in lines if "policy revision" in line}
+    # A imports the other commit's service and serves its policies; B this checkout's
+    assert sorted(name.split()[0] for name in revisions) == ["A", "B"], run.stdout
+    assert len(set(revisions.values())) == 2, f"both sides serve one policy revision:\n{run.stdout}"
+    assert sum(line.startswith("round ") for line in lines) == 2, run.stdout
+    assert any(line.startswith("median B/A ") for line in lines), run.stdout
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True,
+                               check=True).stdout
+    assert "spendgate-ab-" not in worktrees, f"the temporary worktree was left behind:\n{worktrees}"

@@ -29,7 +29,6 @@ __all__ = [
     "dialect_name",
     "SQLITE_PRAGMAS",
     "sqlite_file",
-    "json_text",
 ]
 
 SessionFactory = async_sessionmaker[AsyncSession]
@@ -43,17 +42,12 @@ database_errors: tuple[type[BaseException], ...] = (OperationalError, InterfaceE
 SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=30000")
 
 
-def json_text(document: Any) -> str:
-    """A JSON column's text: orjson's compact form (the stdlib's for an integer past 64 bits), where
-    SQLAlchemy's `JSON` type would call the stdlib's `json.dumps` (2 % of the event loop in a storm of
-    refusals, each written with its decision body; bench/README.md, thirteenth round)."""
-    return exact_json.dumps(document).decode()
-
-
 def create_engine(settings: Settings) -> AsyncEngine:
     """An engine for the configured URL; SQLite gets WAL and a busy timeout so readers never block writers.
-    JSON columns are written and read by `exact_json` (orjson, exact past 64 bits)."""
-    json_codec: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": exact_json.loads}
+    JSON columns are written and read by `exact_json` (orjson, exact past 64 bits) where SQLAlchemy's `JSON`
+    type would call the stdlib's `json` (2 % of the event loop in a storm of refusals, each written with its
+    decision body; bench/README.md, thirteenth round)."""
+    json_codec: dict[str, Any] = {"json_serializer": exact_json.dumps_text, "json_deserializer": exact_json.loads}
     if settings.is_postgres:
         return create_async_engine(
             settings.database_url,

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "dumps_text", "loads"]
 
 _LONG_DIGITS = re.compile(rb"[0-9]{20}")
 _LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")
@@ -28,6 +28,11 @@ def dumps(document: Any) -> bytes:
         return orjson.dumps(document)
     except TypeError:
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def dumps_text(document: Any) -> str:
+    """`dumps` as text: a JSON column's value, a policy input for regorus."""
+    return dumps(document).decode()
 
 
 def loads(raw: bytes | str) -> Any:

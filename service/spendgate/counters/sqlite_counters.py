@@ -3,7 +3,7 @@
 The same tables and semantics as `SqlCounters` (reservations on the ledger rows themselves, a
 `reservations` row per decision, first writer wins, each release exactly once, settled decisions
 forgotten after 24 h), so `SqlReconciler`, the admin views and `SqlCounters` read the rows it
-writes: JSON columns as the engine's `JSON` type writes them (`db.json_text`), timestamps as its
+writes: JSON columns as the engine's `JSON` type writes them (`exact_json.dumps_text`), timestamps as its
 SQLite `DATETIME` does (naive UTC text with microseconds), booleans as 0/1.
 
 What differs is how it gets there: every port call is ONE hop to a dedicated `sqlite3`
@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 
 from .. import exact_json
-from ..db import json_text, sqlite_file
+from ..db import sqlite_file
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, StoredDecision
 from .holds import decision_json, has_room, stored_decision, unique_holds
@@ -136,8 +136,8 @@ class _Commit:
         self.decision = decision
         self.holds = holds
         self.ids = [hold.ledger.id for hold in holds]
-        self.charges = json_text(self.ids)
-        self.body = json_text(decision_json(decision))
+        self.charges = exact_json.dumps_text(self.ids)
+        self.body = exact_json.dumps_text(decision_json(decision))
         self.expires_at = _stamp(expires_at)
 
     def __call__(self, db: sqlite3.Connection) -> CommitOutcome:

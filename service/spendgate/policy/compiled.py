@@ -102,7 +102,7 @@ def _proof(policies: PolicySet, interpreter: regorus.Engine) -> Iterator[Compile
         return
     compiled = CompiledDecision(vm)
     for number, document in enumerate(probe_inputs(PROBE_COUNT)):
-        text = exact_json.dumps(document).decode()
+        text = exact_json.dumps_text(document)
         if not same_answer(compiled_answer(compiled, text), interpreter_answer(interpreter, text)):
             yield NotCompiled(
                 f"the compiled engine decides probe input {number} (spendgate.policy.probes) unlike the interpreter"

@@ -39,11 +39,6 @@ _UNDEFINED = '"<undefined>"'
 _NO_RULE = "not a valid rule path"
 
 
-def _input_json(input_doc: dict[str, Any]) -> str:
-    """The per-call input's text (exact_json: orjson, the stdlib for an integer past 64 bits)."""
-    return exact_json.dumps(input_doc).decode()
-
-
 _LOCATION = re.compile(r"-->\s*(?P<where>\S+:\d+:\d+)")
 _ERROR = re.compile(r"^error:\s*(?P<message>.+)$", re.MULTILINE)
 
@@ -143,7 +138,7 @@ class EmbeddedEngine:
 
     async def decide(self, input_doc: dict[str, Any]) -> PolicyDecision:
         current = self._current
-        text = _input_json(input_doc)
+        text = exact_json.dumps_text(input_doc)
         if current.decision is None:
             value = _value(interpreter_answer(current.interpreter, text))
         elif self._until_check != 1 or not self._check_every:
@@ -176,7 +171,7 @@ class EmbeddedEngine:
 
     async def price(self, input_doc: dict[str, Any]) -> PriceQuote:
         current = self._current
-        value = _value(interpreter_answer(current.interpreter, _input_json(input_doc), PRICING_QUERY))
+        value = _value(interpreter_answer(current.interpreter, exact_json.dumps_text(input_doc), PRICING_QUERY))
         return quote_from_result(value, revision=current.revision)
 
     async def start(self) -> None:
