@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -50,6 +53,7 @@ def _worktree(ref: str, into: Path) -> Path:
 def _remove_worktree(tree: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                    capture_output=True, check=False)
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True, check=False)
 
 
 def _label(ref: str) -> str:
@@ -85,68 +89,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise SystemExit(143)  # unwinds through the clean-up below, as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="spendgate-ab-"))
-    tree = _worktree(args.ref, scratch)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    with ExitStack() as cleanup:  # undone in reverse: servers, databases and redis-servers, worktree, scratch
+        scratch = Path(tempfile.mkdtemp(prefix="spendgate-ab-"))
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+        tree = _worktree(args.ref, scratch)
+        cleanup.callback(_remove_worktree, tree)
+        return _measure(args, tree, cleanup)
+    raise AssertionError("unreachable")  # for type checkers: the block returns or raises
+
+
+def _measure(args: argparse.Namespace, tree: Path, cleanup: ExitStack) -> int:
     names = {"A": f"A {_label(args.ref)}", "B": "B checkout"}
     benches: dict[str, Bench] = {}
     servers: dict[str, Server] = {}
     keys: dict[str, str] = {}
     postgres = not args.embedded
-    try:
-        for side, service in (("A", tree / "service"), ("B", ROOT / "service")):
-            bench = Bench(floor_args(["--workers", "1", "--open-loop-seconds", "0"]))
-            bench.service_dir = service
-            benches[side] = bench
-            bench.prepare()
-            server = servers[side] = bench.start_spendgate(names[side], embedded=args.embedded)
-            revision = httpx.get(f"{server.url}/readyz", timeout=10).json()["policy_revision"]
-            print(f"({names[side]}: spendgate from {service}, policy revision {revision})", flush=True)
-            keys[side] = bench.seed(server)
-            if args.kept_decisions:
-                bench.keep_decisions(args.kept_decisions)
-            if args.mode == "deny":
-                bench.exhaust(server, keys[side])
-            bench.wrk(server, mode=args.mode, connections=args.connections, seconds=_WARMUP_SECONDS,
-                      key=keys[side], postgres=postgres, tag=f"{side}-warm")
-            server.pause()
-        target = "embedded default (SQLite)" if args.embedded else "PostgreSQL + Redis"
-        print(f"{args.mode} on the {target}, {args.connections} connections, {args.duration:g} s steps, "
-              f"{args.rounds} rounds; A = {args.ref}, B = this checkout", flush=True)
-        results: dict[str, list[Result]] = {"A": [], "B": []}
-        for number in range(1, args.rounds + 1):
-            for side in ("A", "B") if number % 2 else ("B", "A"):
-                server = servers[side]
-                server.resume()
-                try:
-                    results[side].append(benches[side].wrk(
-                        server, mode=args.mode, connections=args.connections, seconds=args.duration,
-                        key=keys[side], postgres=postgres, tag=f"{side}-r{number}"))
-                finally:
-                    server.pause()
-            a, b = results["A"][-1], results["B"][-1]
-            print(f"round {number:<2} {_line('A', a)} | {_line('B', b)} | B/A {100 * b.per_second / a.per_second:5.1f} %",
-                  flush=True)
-        ratios = [100 * b.per_second / a.per_second for a, b in zip(results["A"], results["B"])]
-        print(f"median B/A {statistics.median(ratios):.1f} % (rounds {min(ratios):.1f}–{max(ratios):.1f} %)")
-        for side in ("A", "B"):
-            rs = results[side]
-            print(f"median {names[side]}: {statistics.median(r.per_second for r in rs):.0f}/s, "
-                  f"p99 {statistics.median(r.p99 for r in rs) * 1e3:.1f} ms, "
-                  f"CPU {statistics.median(r.cpu_ms for r in rs):.2f} ms a request")
-        errors = sum(r.errors for rs in results.values() for r in rs)
-        if errors:
-            print(f"errors: {errors} requests failed", file=sys.stderr)
-            return 1
-        return 0
-    finally:
-        for server in servers.values():
-            server.stop()
-        for bench in benches.values():
-            bench.close()
-        _remove_worktree(tree)
-        shutil.rmtree(scratch, ignore_errors=True)
+    for side, service in (("A", tree / "service"), ("B", ROOT / "service")):
+        bench = Bench(floor_args(["--workers", "1", "--open-loop-seconds", "0"]))
+        bench.service_dir = service
+        benches[side] = bench
+        cleanup.callback(bench.close)
+        bench.prepare()
+        server = servers[side] = bench.start_spendgate(names[side], embedded=args.embedded)
+        cleanup.callback(server.stop)
+        revision = httpx.get(f"{server.url}/readyz", timeout=10).json().get("policy_revision")
+        print(f"({names[side]}: spendgate from {service}, policy revision {revision})", flush=True)
+        keys[side] = bench.seed(server)
+        if args.kept_decisions:
+            bench.keep_decisions(args.kept_decisions)
+        if args.mode == "deny":
+            bench.exhaust(server, keys[side])
+        bench.wrk(server, mode=args.mode, connections=args.connections, seconds=_WARMUP_SECONDS,
+                  key=keys[side], postgres=postgres, tag=f"{side}-warm")
+        server.pause()
+    target = "embedded default (SQLite)" if args.embedded else "PostgreSQL + Redis"
+    print(f"{args.mode} on the {target}, {args.connections} connections, {args.duration:g} s steps, "
+          f"{args.rounds} rounds; A = {args.ref}, B = this checkout", flush=True)
+    results: dict[str, list[Result]] = {"A": [], "B": []}
+    for number in range(1, args.rounds + 1):
+        for side in ("A", "B") if number % 2 else ("B", "A"):
+            server = servers[side]
+            server.resume()
+            try:
+                results[side].append(benches[side].wrk(
+                    server, mode=args.mode, connections=args.connections, seconds=args.duration,
+                    key=keys[side], postgres=postgres, tag=f"{side}-r{number}"))
+            finally:
+                server.pause()
+        a, b = results["A"][-1], results["B"][-1]
+        print(f"round {number:<2} {_line('A', a)} | {_line('B', b)} | B/A {100 * b.per_second / a.per_second:5.1f} %",
+              flush=True)
+    ratios = [100 * b.per_second / a.per_second for a, b in zip(results["A"], results["B"])]
+    print(f"median B/A {statistics.median(ratios):.1f} % (rounds {min(ratios):.1f}–{max(ratios):.1f} %)")
+    for side in ("A", "B"):
+        rs = results[side]
+        print(f"median {names[side]}: {statistics.median(r.per_second for r in rs):.0f}/s, "
+              f"p99 {statistics.median(r.p99 for r in rs) * 1e3:.1f} ms, "
+              f"CPU {statistics.median(r.cpu_ms for r in rs):.2f} ms a request")
+    errors = sum(r.errors for rs in results.values() for r in rs)
+    if errors:
+        print(f"errors: {errors} requests failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

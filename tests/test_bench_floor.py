@@ -87,9 +87,12 @@ def test_instruction_count_run_prints_both_targets_by_object_and_their_ratio() -
 
 def _commit_with_another_policy_revision() -> str:
     """A commit (on no branch; the work tree and index untouched) whose policies differ from HEAD's by a comment."""
+    identity = {"GIT_AUTHOR_NAME": "bench test", "GIT_AUTHOR_EMAIL": "bench@test.invalid",
+                "GIT_COMMITTER_NAME": "bench test", "GIT_COMMITTER_EMAIL": "bench@test.invalid"}
+
     def git(*args: str, stdin: str | None = None, **env: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), *args], input=stdin, capture_output=True, text=True,
-                              check=True, env={**os.environ, **env}).stdout.strip()
+                              check=True, env={**os.environ, **identity, **env}).stdout.strip()
 
     policy = "policies/spendgate/decision/decision.rego"
     blob = git("hash-object", "-w", "--stdin", stdin=(ROOT / policy).read_text() + "\n# bench/ab.py test\n")
@@ -103,19 +106,22 @@ def _commit_with_another_policy_revision() -> str:
 
 def test_ab_run_serves_each_side_from_its_own_commit_and_measures_both_in_turns() -> None:
     ref = _commit_with_another_policy_revision()
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "ab.py"), ref, "--smoke", "--embedded"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    lines = run.stdout.splitlines()
-    revisions = {line.split(":")[0].strip("( "): line.rsplit("policy revision ", 1)[1].rstrip(")")
-                 for line in lines if "policy revision" in line}
-    # A imports the other commit's service and serves its policies; B this checkout's
-    assert sorted(name.split()[0] for name in revisions) == ["A", "B"], run.stdout
-    assert len(set(revisions.values())) == 2, f"both sides serve one policy revision:\n{run.stdout}"
-    assert sum(line.startswith("round ") for line in lines) == 2, run.stdout
-    assert any(line.startswith("median B/A ") for line in lines), run.stdout
+    ab = subprocess.Popen([sys.executable, str(ROOT / "bench" / "ab.py"), ref, "--smoke", "--embedded"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stdout, stderr = ab.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        ab.terminate()  # SIGTERM: ab.py stops its servers and removes its worktree on the way out
+        stdout, stderr = ab.communicate(timeout=120)
     worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True,
                                check=True).stdout
     assert "spendgate-ab-" not in worktrees, f"the temporary worktree was left behind:\n{worktrees}"
+    assert ab.returncode == 0, stdout + stderr
+    lines = stdout.splitlines()
+    revisions = {line.split(":")[0].strip("( "): line.rsplit("policy revision ", 1)[1].rstrip(")")
+                 for line in lines if "policy revision" in line}
+    # A imports the other commit's service and serves its policies; B this checkout's
+    assert sorted(name.split()[0] for name in revisions) == ["A", "B"], stdout
+    assert len(set(revisions.values())) == 2, f"both sides serve one policy revision:\n{stdout}"
+    assert sum(line.startswith("round ") for line in lines) == 2, stdout
+    assert any(line.startswith("median B/A ") for line in lines), stdout

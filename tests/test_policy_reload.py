@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from support.app import RunningApp
-from spendgate.policy.reload import PolicyReloader
+from spendgate.policy.reload import PolicyReloader, fingerprint
 from spendgate.settings import DEFAULT_POLICY_DIR
 from support.scenario import authorize, charged_entities, create, create_key, record
 
@@ -161,3 +162,22 @@ async def test_a_revision_the_compiled_engine_misjudges_is_decided_by_the_interp
     assert await reloader.check_once() is True
     assert (await app.anonymous.get("/readyz")).json()["policy_engine"] == "compiled"
     assert await _metric(app, "spendgate_policy_compiled") == 1
+
+
+async def test_the_fingerprint_sees_policy_files_only_and_survives_odd_entries(tmp_path: Path) -> None:
+    # It runs every second on the event loop: a looping or dangling link, a pipe or a folder named like a
+    # policy must neither stop it (an exception would end reloads) nor count as a policy.
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "a.rego").write_text("package a\n")
+    (tmp_path / "data.json").write_text("{}")
+    (tmp_path / "notes.md").write_text("not a policy")
+    (tmp_path / "folder.rego").mkdir()
+    (tmp_path / "loop.rego").symlink_to(tmp_path / "loop.rego")
+    (tmp_path / "dangling.rego").symlink_to(tmp_path / "missing.rego")
+    os.mkfifo(tmp_path / "pipe.rego")
+
+    seen = fingerprint(tmp_path)
+
+    assert [entry[0] for entry in seen] == ["data.json", "nested/a.rego"]
+    (tmp_path / "nested" / "a.rego").write_text("package a\n\nx := 1\n")
+    assert fingerprint(tmp_path) != seen

@@ -242,6 +242,41 @@ async def test_reads_get_in_ahead_of_more_refused_writes_than_a_batch_holds(tmp_
     await worker.close()
 
 
+async def test_without_wal_a_commit_waits_for_a_reader_with_the_connections_patience(tmp_path: Path) -> None:
+    """Where a file cannot be put in WAL mode, COMMIT needs every reader gone: it waits with the connection's
+    own busy timeout, not the 20 ms the write lock is asked for with (sqlite_worker._transaction)."""
+    path = tmp_path / "journal.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE t (x INTEGER)")
+    statements: list[str] = []
+
+    def rollback_journal() -> sqlite3.Connection:  # connect_sqlite without its WAL pragma
+        db = sqlite3.connect(str(path), isolation_level=None)
+        db.execute("PRAGMA busy_timeout=30000")
+        db.set_trace_callback(statements.append)
+        return db
+
+    worker = SqliteWorker(rollback_journal)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # a shared lock on the file until the reader's COMMIT
+    try:
+        write = asyncio.create_task(worker.write(lambda db: db.execute("INSERT INTO t VALUES (1)").rowcount))
+
+        async def commit_started() -> None:
+            while "COMMIT" not in statements:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(commit_started(), timeout=10)
+        await asyncio.sleep(0.2)  # ten times the lock poll: a COMMIT that waited only that long has failed by now
+        assert not write.done(), write
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert await asyncio.wait_for(write, timeout=10) == 1
+    await worker.close()
+
+
 async def test_a_write_refused_the_lock_past_its_wait_is_unavailable(tmp_path: Path) -> None:
     worker, holder = await _worker_and_lock_holder(tmp_path / "spendgate.db", lock_wait_seconds=0.3)
     try:

@@ -17,9 +17,11 @@ commit: acknowledged still means durable.
 A write rarely raises, so a batch first runs its writes one after the other inside one savepoint;
 only if one raises is what they wrote undone (back to that savepoint, the lock kept) and the batch
 run again with a savepoint around each write. Why: every statement hands the GIL back and waits to
-take it again from the event loop, and two statements fewer per write were 5-8 % more authorizes
-a second on the embedded default (bench/README.md, fourteenth round). A write is a function of the
-database alone, so running it again after the undo gives what it would have given.
+take it again from the event loop. This, one statement for a commit's reads (sqlite_counters.py)
+and the busy timeout set only when it changes took a batch of 8 writes from 52 statements to 27:
++8 % authorizes a second on the embedded default at 16 connections, p99 21 -> 19 ms (bench/ab.py;
+bench/README.md, fourteenth round). A write is a function of the database alone, so running it
+again after the undo gives what it would have given.
 
 A transaction that fails as a whole (the lock not granted within the busy timeout, an I/O error)
 fails every write of the batch, and SQLite's "unreachable" errors become 503
@@ -102,6 +104,8 @@ class SqliteWorker:
         self._db: sqlite3.Connection | None = None
         self._patience = 0
         self._busy_timeout = 0
+        #: Whether the file is in WAL mode (SQLITE_PRAGMAS asks for it; a filesystem may refuse it).
+        self._wal = True
         self._queue: list[_Job] = []
         self._busy = False
         self._closed = False
@@ -191,6 +195,7 @@ class SqliteWorker:
         if self._db is None:
             self._db = self._connect()
             self._patience = self._busy_timeout = int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
+            self._wal = str(self._db.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
         db = self._db
         outcomes: list[_Outcome] = [(False, None)] * len(batch)
         writes: list[int] = []
@@ -219,6 +224,8 @@ class SqliteWorker:
             if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # extended codes too: BUSY_SNAPSHOT, …
                 return [(False, _LockRefused(exc))] * len(runs)
             return [(False, exc)] * len(runs)
+        if not self._wal:  # without WAL the COMMIT waits for readers to finish: with its patience
+            self._wait_for_locks(db, self._patience)
         try:
             outcomes = _all_or_none(runs, db)
             if outcomes is None:  # one of them raised: all undone (the lock kept); again, each in a savepoint
@@ -269,6 +276,8 @@ def _all_or_none(runs: list[Callable[[sqlite3.Connection], Any]], db: sqlite3.Co
         except Exception:  # noqa: BLE001 — its neighbours are run again, each in a savepoint
             db.execute("ROLLBACK TO batch")  # raises if SQLite already rolled the transaction back: all fail
             return None
+        if not db.in_transaction:  # SQLite rolled it back and the write swallowed the error: all fail
+            raise sqlite3.OperationalError("the batch's transaction was rolled back by SQLite")
     return outcomes
 
 

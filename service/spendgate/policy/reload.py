@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from stat import S_ISREG
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import SpendgateError, Unavailable
@@ -57,7 +58,9 @@ def fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
                 path = os.path.join(folder, name)
                 try:
                     stat = os.stat(path)
-                except FileNotFoundError:  # removed since the folder was listed: the next poll sees it gone
+                except OSError:  # removed since the folder was listed, a dangling or looping link: not a policy
+                    continue
+                if not S_ISREG(stat.st_mode):
                     continue
                 entries.append((Path(os.path.relpath(path, root)).as_posix(), stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(entries))
