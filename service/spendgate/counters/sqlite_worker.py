@@ -18,10 +18,10 @@ A write rarely raises, so a batch first runs its writes one after the other insi
 only if one raises is what they wrote undone (back to that savepoint, the lock kept) and the batch
 run again with a savepoint around each write. Why: every statement hands the GIL back and waits to
 take it again from the event loop. This, one statement for a commit's reads (sqlite_counters.py)
-and the busy timeout set only when it changes took a batch of 8 writes from 52 statements to 27:
-+8 % authorizes a second on the embedded default at 16 connections, p99 21 -> 19 ms (bench/ab.py;
-bench/README.md, fourteenth round). A write is a function of the database alone, so running it
-again after the undo gives what it would have given.
+and the busy timeout set only when it changes took a batch of 8 writes from 52 statements to 27
+(what that bought, +1 to +8 % authorizes a second by run: bench/README.md, fourteenth round). A
+write is a function of the database alone, so running it again after the undo gives what it
+would have given.
 
 A transaction that fails as a whole (the lock not granted within the busy timeout, an I/O error)
 fails every write of the batch, and SQLite's "unreachable" errors become 503
