@@ -40,6 +40,7 @@ __all__ = ["build_app", "DEFAULT_COMPLETION_TOKENS"]
 DEFAULT_COMPLETION_TOKENS = 20
 SLOW_CHUNKS = 1200
 SLOW_INTERVAL = 0.05
+KEEP_ALIVE_SECONDS = 3600
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, details: bool = False) -> dict[str, Any]:
@@ -141,8 +142,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--prompt-tokens", type=int, default=10)
     args = parser.parse_args()
+    # uvicorn closes a keep-alive connection after 5 idle seconds by default. A proxy that reuses one
+    # just as it closes gets "Connection error", and the tests run LiteLLM with no retries; a real
+    # provider's client would retry. So idle connections stay open for the length of any test run.
     uvicorn.run(build_app(args.prompt_tokens), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+                access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS)
 
 
 if __name__ == "__main__":
