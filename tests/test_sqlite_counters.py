@@ -20,6 +20,7 @@ from sqlmodel import select
 
 from spendgate.counters import (
     Counters,
+    Figures,
     Hold,
     RedisCounters,
     SqlCounters,
@@ -174,6 +175,35 @@ async def test_a_batch_of_writes_that_all_succeed_runs_few_statements(tmp_path: 
     # The lock is asked for with a short timeout, set once: no reads in between wanted the long one back.
     assert [s for s in statements if s.startswith("PRAGMA busy_timeout =")] == ["PRAGMA busy_timeout = 20"]
     assert _rows(tmp_path / "spendgate.db", "SELECT count(*) FROM reservations") == [(10,)]
+
+
+async def test_the_read_before_a_decision_is_one_statement_and_a_replay_gets_its_decision_alone(
+    tmp_path: Path,
+) -> None:
+    url = await _migrated(tmp_path / "spendgate.db")
+    statements: list[str] = []
+
+    def traced() -> sqlite3.Connection:
+        db = connect_sqlite(str(tmp_path / "spendgate.db"))
+        db.set_trace_callback(statements.append)
+        return db
+
+    counters = SqliteCounters.for_url(url)
+    counters._worker = SqliteWorker(traced)
+    try:
+        assert await _commit(counters, "earlier", amount=7) == "committed"
+        statements.clear()
+        prior, figures = await counters.prior_and_read("new", [DAY, FOREVER])
+        assert prior is None and figures == {DAY.id: Figures(0, 7), FOREVER.id: Figures(0, 7)}
+        queries = [s for s in statements if not s.startswith("PRAGMA")]  # the read wants its patience back
+        assert len(queries) == 1, statements  # the stored decision and the figures together
+
+        prior, figures = await counters.prior_and_read("earlier", [DAY, FOREVER])
+        assert prior is not None and prior.body == _decision("earlier", 7).body and figures == {}
+        unseen = LedgerRef("team", "t-none", None, EPOCH, None)
+        assert await counters.prior_and_read("new", [unseen]) == (None, {unseen.id: Figures(0, 0)})
+    finally:
+        await counters.close()
 
 
 async def test_a_write_lock_held_elsewhere_blocks_its_thread_never_the_event_loop(

@@ -80,9 +80,13 @@ def _rows(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Figures]:
     return {row[0]: Figures(row[1], row[2]) for row in db.execute(query, ids)}
 
 
-def _figures(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Figures]:
-    found = _rows(db, ids)
+def _zero_filled(found: dict[str, Figures], ids: Sequence[str]) -> dict[str, Figures]:
+    """Every ledger's figures: those `found`, zero for a ledger with no row yet."""
     return {ledger_id: found.get(ledger_id, Figures(0, 0)) for ledger_id in ids}
+
+
+def _figures(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Figures]:
+    return _zero_filled(_rows(db, ids), ids)
 
 
 def _prior(db: sqlite3.Connection, request_id: str) -> StoredDecision | None:
@@ -112,8 +116,9 @@ def _prior_and_rows(
 def _prior_and_read(
     db: sqlite3.Connection, request_id: str, ids: Sequence[str]
 ) -> tuple[StoredDecision | None, dict[str, Figures]]:
-    prior = _prior(db, request_id)
-    return (prior, {}) if prior is not None or not ids else (None, _figures(db, ids))
+    """The port's `prior_and_read`: a replay's stored decision alone, else every ledger's figures."""
+    prior, found = _prior_and_rows(db, request_id, ids)
+    return (prior, {}) if prior is not None else (None, _zero_filled(found, ids))
 
 
 def _unreserve(db: sqlite3.Connection, totals: dict[str, int]) -> None:
