@@ -65,6 +65,21 @@ async def _migrated(path: Path) -> str:
     return url
 
 
+async def _traced_counters(path: Path) -> tuple[SqliteCounters, list[str]]:
+    """Counters on a migrated file whose worker connection appends every statement it runs to the list."""
+    url = await _migrated(path)
+    statements: list[str] = []
+
+    def traced() -> sqlite3.Connection:
+        db = connect_sqlite(str(path))
+        db.set_trace_callback(statements.append)
+        return db
+
+    counters = SqliteCounters.for_url(url)
+    counters._worker = SqliteWorker(traced)
+    return counters, statements
+
+
 @pytest.fixture
 async def sqlite_counters(sqlite_url: str) -> AsyncIterator[SqliteCounters]:
     engine = create_engine(Settings(database_url=sqlite_url))
@@ -152,16 +167,7 @@ async def test_a_write_that_raises_rolls_back_alone_and_its_batch_commits(sqlite
 async def test_a_batch_of_writes_that_all_succeed_runs_few_statements(tmp_path: Path) -> None:
     # Each statement hands the GIL back to the event loop and waits for it: the common batch is kept to
     # BEGIN, one savepoint, the writes' own statements and COMMIT (sqlite_worker.py).
-    url = await _migrated(tmp_path / "spendgate.db")
-    statements: list[str] = []
-
-    def traced() -> sqlite3.Connection:
-        db = connect_sqlite(str(tmp_path / "spendgate.db"))
-        db.set_trace_callback(statements.append)
-        return db
-
-    counters = SqliteCounters.for_url(url)
-    counters._worker = SqliteWorker(traced)
+    counters, statements = await _traced_counters(tmp_path / "spendgate.db")
     try:
         # The first write goes alone, the nine queued behind it as one batch.
         assert await asyncio.gather(*(_commit(counters, f"r{index}", amount=1) for index in range(10))) == (
@@ -180,16 +186,7 @@ async def test_a_batch_of_writes_that_all_succeed_runs_few_statements(tmp_path: 
 async def test_the_read_before_a_decision_is_one_statement_and_a_replay_gets_its_decision_alone(
     tmp_path: Path,
 ) -> None:
-    url = await _migrated(tmp_path / "spendgate.db")
-    statements: list[str] = []
-
-    def traced() -> sqlite3.Connection:
-        db = connect_sqlite(str(tmp_path / "spendgate.db"))
-        db.set_trace_callback(statements.append)
-        return db
-
-    counters = SqliteCounters.for_url(url)
-    counters._worker = SqliteWorker(traced)
+    counters, statements = await _traced_counters(tmp_path / "spendgate.db")
     try:
         assert await _commit(counters, "earlier", amount=7) == "committed"
         statements.clear()
