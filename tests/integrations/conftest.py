@@ -13,6 +13,7 @@ import pytest
 
 from integrations.litellm_process import LiteLLMProxy
 
+
 def _proxies(value: object) -> list[LiteLLMProxy]:
     """The proxies a fixture value is or holds (a dataclass's fields, one level deep)."""
     if isinstance(value, LiteLLMProxy):
