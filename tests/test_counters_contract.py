@@ -307,6 +307,62 @@ async def test_a_denial_is_stored_and_returned_as_the_duplicate(harness: Harness
     assert await harness.counters.read([ledger]) == {ledger.id: Figures(0, 0)}
 
 
+async def test_a_denial_on_figures_still_current_is_stored(harness: Harness, daily: Daily) -> None:
+    ledgers = [never_resets("k1"), daily("u1")]
+    await authorize(harness.counters, "earlier", [(ledgers[0], 100)], 7)
+    remembered = await harness.replica.read(ledgers)  # what a replica decides on was read (or committed)
+    assert remembered == {ledgers[0].id: Figures(0, 7), ledgers[1].id: Figures(0, 0)}
+    denial = decision("r1", [], 0, verdict="deny")
+
+    outcome = await harness.counters.commit_decision(
+        decision=denial, holds=[], ttl_seconds=TTL, now=datetime.now(timezone.utc), unless_changed=remembered,
+    )
+
+    assert outcome == CommitOutcome("committed", denial)
+    assert await harness.counters.prior_decision("r1") == denial
+
+
+async def test_a_denial_on_figures_that_changed_is_not_stored_and_the_current_ones_come_back(
+    harness: Harness, daily: Daily,
+) -> None:
+    ledgers = [never_resets("k1"), daily("u1")]
+    remembered = await harness.replica.read(ledgers)
+    await authorize(harness.counters, "meanwhile", [(ledgers[0], 100)], 7)
+
+    outcome = await harness.counters.commit_decision(
+        decision=decision("r1", [], 0, verdict="deny"), holds=[], ttl_seconds=TTL,
+        now=datetime.now(timezone.utc), unless_changed=remembered,
+    )
+
+    assert outcome.status == "changed" and outcome.stored is None
+    assert dict(outcome.figures) == {ledgers[0].id: Figures(0, 7), ledgers[1].id: Figures(0, 0)}
+    assert await harness.counters.prior_decision("r1") is None  # nothing written: decided again, then stored
+
+
+async def test_a_stored_decision_answers_a_conditional_denial_as_the_duplicate(harness: Harness, daily: Daily) -> None:
+    ledger = daily("u1")
+    first = await authorize(harness.counters, "r1", [(ledger, 100)], 5)
+
+    outcome = await harness.counters.commit_decision(
+        decision=decision("r1", [], 0, verdict="deny"), holds=[], ttl_seconds=TTL,
+        now=datetime.now(timezone.utc), unless_changed={ledger.id: Figures(0, 5)},
+    )
+
+    assert outcome == CommitOutcome("duplicate", first.stored)
+
+
+async def test_only_a_denial_is_stored_on_condition_that_its_figures_are_unchanged(
+    harness: Harness, daily: Daily,
+) -> None:
+    ledger = daily("u1")
+    with pytest.raises(ValueError, match="only a denial"):
+        await harness.counters.commit_decision(
+            decision=decision("r1", [ledger], 5), holds=[Hold(ledger, 100)], ttl_seconds=TTL,
+            now=datetime.now(timezone.utc), unless_changed={ledger.id: Figures(0, 0)},
+        )
+    assert await harness.counters.prior_decision("r1") is None
+
+
 async def test_settle_releases_the_hold_once_and_shows_the_recorded_spend(harness: Harness, daily: Daily) -> None:
     ledgers = [never_resets("k1"), daily("u1")]
     await authorize(harness.counters, "r1", [(ref, 100) for ref in ledgers], 5)
@@ -425,6 +481,23 @@ async def test_a_flushed_redis_rebuilds_spent_from_the_ledger_store(
     await on_redis.clients[0].flushall()
     assert await authorize(on_redis.counters, "r2", [(ledger, 10)], 4) == CommitOutcome("no_room", None, (ledger.id,))
     assert (await authorize(on_redis.counters, "r3", [(ledger, 10)], 3)).status == "committed"
+
+
+async def test_a_conditional_denial_on_a_counter_redis_lost_reports_it_changed_without_it(
+    on_redis: Harness, daily: Daily,
+) -> None:
+    """A hash that is gone is left out of the figures (the next read rebuilds it), never read as 0/0."""
+    kept, lost = never_resets("k1"), daily("u1")
+    await authorize(on_redis.counters, "earlier", [(kept, 100), (lost, 100)], 7)
+    assert await on_redis.clients[0].delete(f"sg:l:{lost.id}") == 1
+
+    outcome = await on_redis.counters.commit_decision(
+        decision=decision("r1", [], 0, verdict="deny"), holds=[], ttl_seconds=TTL,
+        now=datetime.now(timezone.utc), unless_changed={kept.id: Figures(0, 7), lost.id: Figures(0, 7)},
+    )
+
+    assert outcome.status == "changed" and dict(outcome.figures) == {kept.id: Figures(0, 7)}
+    assert await on_redis.counters.prior_decision("r1") is None
 
 
 async def test_an_older_snapshot_never_overwrites_a_newer_one(on_redis: Harness) -> None:

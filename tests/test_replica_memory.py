@@ -6,7 +6,8 @@ stopped) while replica B changes the ledger under it.
   re-check, and the refusal shows the current figures.
 - A refusal on stale figures is decided again on current ones (here: it becomes an allow); on remembered
   figures that are still current it stands, decided once.
-- With the memory fresh, an authorize is one Redis call (the commit); with it off, two.
+- With the memory fresh, an authorize is one Redis call (the commit); with it off, two. A refusal on
+  remembered figures that are still current is one Redis call too: the commit checks them.
 
 Redis' commandstats count the commands a script runs too: the commit script itself does one GET
 (its idempotency check) and one HMGET per held ledger; the read before it, when there is one, adds
@@ -23,7 +24,7 @@ import pytest
 
 from spendgate.counters import ReplicaMemory
 from support.app import AppFactory, RunningApp
-from support.redis_stats import commands_during
+from support.redis_stats import client_commands_during, commands_during
 from support.scenario import authorize, create_key, record
 
 #: Only the requests' own Redis commands are counted (no sweeper, no reconciler).
@@ -113,6 +114,23 @@ async def test_a_refusal_on_remembered_figures_that_are_still_current_is_decided
     assert [r["code"] for r in refused["reasons"]] == ["budget_exceeded"]
     assert _key_charge(refused)["reserved"] == "0.950000"
     assert asked == ["a1", "a2"]  # one evaluation each
+
+
+async def test_a_refusal_on_remembered_figures_that_are_still_current_is_one_redis_call(
+    app_factory: AppFactory, clean_pg: str, redis_url: str
+) -> None:
+    """The check that the remembered figures are current is the commit's, not a read before it."""
+    a, b, secret = await _two_replicas(app_factory, clean_pg, redis_url)
+    assert (await authorize(a.gateway, request_id="a1", api_key=secret, estimated_cost="0.95"))["decision"] == "allow"
+    await authorize(a.gateway, request_id="warm-up", api_key=secret, estimated_cost="0.50")  # loads the script
+
+    async def refused() -> None:
+        answer = await authorize(a.gateway, request_id="a2", api_key=secret, estimated_cost="0.10")
+        assert answer["decision"] == "deny" and _key_charge(answer)["reserved"] == "0.950000"
+
+    assert await client_commands_during(redis_url, refused) == ["EVALSHA"]
+    again = await authorize(b.gateway, request_id="a2", api_key=secret, estimated_cost="0.01")
+    assert again["decision"] == "deny"  # the refusal is stored in Redis: a retry on any replica gets it back
 
 
 async def test_an_authorize_on_remembered_figures_is_one_redis_call(

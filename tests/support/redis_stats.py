@@ -1,15 +1,19 @@
-"""Redis' own count of the commands run while an action ran (INFO commandstats).
+"""What Redis ran while an action ran: its own count of commands (INFO commandstats), and the
+commands clients sent, in order (MONITOR).
 
 Commandstats count the commands a script runs inside Redis too, so callers compare commands whose
-origin they know (EVALSHA is always a client's; which scripts call GET or HMGET is in their docs)."""
+origin they know (EVALSHA is always a client's; which scripts call GET or HMGET is in their docs).
+MONITOR tells them apart: what clients sent — one entry per command of a pipeline — is what crossed the
+wire."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 
-__all__ = ["commands_during"]
+__all__ = ["client_commands_during", "commands_during"]
 
 
 async def commands_during(
@@ -24,3 +28,24 @@ async def commands_during(
     finally:
         await client.aclose()
     return {name: int(stats[f"cmdstat_{name}"]["calls"]) for name in commands if f"cmdstat_{name}" in stats}
+
+
+async def client_commands_during(redis_url: str, action: Callable[[], Awaitable[None]]) -> list[str]:
+    """The commands clients sent while `action` ran (names, upper case, in order); none a script ran."""
+    watcher, marker = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    end = f"end-of-action-{uuid.uuid4().hex}"
+    sent: list[str] = []
+    try:
+        await marker.ping()  # its connection's handshake happens before MONITOR starts
+        async with watcher.monitor() as monitor:
+            await action()
+            await marker.echo(end)  # MONITOR lists it after everything the action sent
+            while True:
+                seen = await monitor.next_command()
+                if seen["command"] == f"ECHO {end}":
+                    return sent
+                if seen["client_type"] != "lua":
+                    sent.append(seen["command"].split(" ", 1)[0].upper())
+    finally:
+        await watcher.aclose()
+        await marker.aclose()

@@ -64,14 +64,15 @@ class StoredDecision(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class CommitOutcome:
-    status: Literal["committed", "duplicate", "no_room"]
+    status: Literal["committed", "duplicate", "no_room", "changed"]
     #: For "duplicate": the decision stored first. For "committed": the one just stored.
     stored: StoredDecision | None
     #: For "no_room": the ids of the ledgers without room.
     full: tuple[str, ...] = ()
     #: What the commit saw of the held ledgers, atomically: after the reservation ("committed"),
-    #: as they stand ("no_room"). Empty when the adapter does not report them (not compared:
-    #: what an outcome says is its status and decision).
+    #: as they stand ("no_room"); for "changed", the current figures of the ledgers it was to find
+    #: unchanged (a ledger the counters no longer hold is left out). Empty when the adapter does not
+    #: report them (not compared: what an outcome says is its status and decision).
     figures: Mapping[str, Figures] = field(default_factory=dict, compare=False)
     #: The stored decision as `holds.encode_decision` wrote it, when the adapter had to (Redis does):
     #: ReplicaMemory keeps these bytes rather than encoding the decision again. Empty otherwise.
@@ -106,6 +107,7 @@ class Counters(Protocol):
         holds: Sequence[Hold],
         ttl_seconds: int,
         now: datetime,
+        unless_changed: Mapping[str, Figures] | None = None,
     ) -> CommitOutcome:
         """Store the decision for its request id — first writer wins — and reserve atomically.
 
@@ -113,6 +115,11 @@ class Counters(Protocol):
         reserved + amount <= limit`; with amount 0, `spent + reserved < limit`) and all are
         reserved until `now + ttl_seconds`, or nothing is written and the outcome is
         "no_room". Without holds (a denial) the decision is only stored.
+
+        `unless_changed` (a denial only: ledger id -> the figures it was decided on): the denial is
+        stored only if every one of those ledgers still has those figures; otherwise nothing is
+        written and the outcome is "changed" with the figures found — so a refusal decided on
+        remembered figures is checked against current ones in the same round trip as its commit.
         """
         ...
 

@@ -5,14 +5,24 @@ under its request id, and what a replica remembers: encoded once, by whichever c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import exact_json
 from ..ledgers import LedgerRef
-from .base import Hold, StoredDecision
+from .base import Figures, Hold, StoredDecision
 
-__all__ = ["unique_holds", "has_room", "stored_decision", "decision_json", "encode_decision", "decode_decision"]
+__all__ = ["refuse_invalid_commit", "unique_holds", "has_room", "stored_decision", "decision_json", "encode_decision", "decode_decision"]
+
+
+def refuse_invalid_commit(
+    decision: StoredDecision, holds: Sequence[Hold], unless_changed: Mapping[str, Figures] | None
+) -> None:
+    """What every adapter refuses before it writes anything (ValueError: a caller's bug)."""
+    if decision.amount < 0:
+        raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
+    if unless_changed is not None and holds:
+        raise ValueError("only a denial (no holds) is stored on condition that its figures are unchanged")
 
 
 def unique_holds(holds: Sequence[Hold]) -> list[Hold]:

@@ -20,7 +20,7 @@ authorize reserve again (evicted ledger hashes are harmless — they are rebuilt
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from types import TracebackType
@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import Unavailable
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, SnapshotLoader, StoredDecision
-from .holds import decode_decision, encode_decision, unique_holds
+from .holds import decode_decision, encode_decision, refuse_invalid_commit, unique_holds
 
 __all__ = ["RedisCounters"]
 
@@ -104,6 +104,7 @@ class RedisCounters:
         lib = _lua("_lib.lua")
         self._seed = client.register_script(lib + _lua("seed.lua"))
         self._commit = client.register_script(lib + _lua("commit.lua"))
+        self._commit_denial = client.register_script(_lua("commit_denial.lua"))
         self._settle = client.register_script(lib + _lua("settle.lua"))
         self._expire = client.register_script(lib + _lua("expire.lua"))
 
@@ -178,16 +179,19 @@ class RedisCounters:
         holds: Sequence[Hold],
         ttl_seconds: int,
         now: datetime,
+        unless_changed: Mapping[str, Figures] | None = None,
     ) -> CommitOutcome:
-        if decision.amount < 0:
-            raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
+        refuse_invalid_commit(decision, holds, unless_changed)
+        encoded = encode_decision(decision)
+        keep = str(max(DECISION_KEEP_SECONDS, ttl_seconds + 3600))
+        if unless_changed is not None:
+            return await self._commit_unless_changed(decision, encoded, keep, unless_changed)
         unique = unique_holds(holds)
         keys = [self._decision_key(decision.request_id), self._hold_key(decision.request_id), self._expiry_key]
         keys += [self._ledger_key(hold.ledger.id) for hold in unique]
-        encoded = encode_decision(decision)
         args: list[str | bytes] = [
             encoded,
-            str(max(DECISION_KEEP_SECONDS, ttl_seconds + 3600)),
+            keep,
             str(decision.amount),
             str(int(now.timestamp() * 1000) + ttl_seconds * 1000),
             decision.request_id,
@@ -212,6 +216,29 @@ class RedisCounters:
                 return CommitOutcome("no_room", None, full, _figures(unique, rest[1 + count:]))
             await self._rebuild([refs[_text(ledger_id)] for ledger_id in rest])
         raise Unavailable("redis", "ledger counters disappear as soon as they are rebuilt; check maxmemory-policy")
+
+    async def _commit_unless_changed(
+        self, decision: StoredDecision, encoded: bytes, keep: str, unless_changed: Mapping[str, Figures]
+    ) -> CommitOutcome:
+        """A denial stored only while its ledgers' figures are `unless_changed` (`lua/commit_denial.lua`)."""
+        ids = list(unless_changed)
+        keys = [self._decision_key(decision.request_id)] + [self._ledger_key(ledger_id) for ledger_id in ids]
+        args: list[str | bytes] = [encoded, keep]
+        for ledger_id in ids:
+            args += [str(unless_changed[ledger_id].spent), str(unless_changed[ledger_id].reserved)]
+        with _redis_errors:
+            reply = await self._commit_denial(keys=keys, args=args)
+        status, rest = _text(reply[0]), reply[1:]
+        if status == "committed":
+            return CommitOutcome("committed", decision, encoded=encoded)
+        if status == "duplicate":
+            return CommitOutcome("duplicate", decode_decision(rest[0]))
+        found = {  # a hash that is gone is left out: a read rebuilds it
+            ledger_id: Figures(int(rest[2 * i]), int(rest[2 * i + 1]))
+            for i, ledger_id in enumerate(ids)
+            if rest[2 * i] not in (b"", "")
+        }
+        return CommitOutcome("changed", None, figures=found)
 
     async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:
         newest: dict[str, LedgerSnapshot] = {}

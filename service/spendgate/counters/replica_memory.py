@@ -154,11 +154,12 @@ class ReplicaMemory:
         return prior, found
 
     async def commit_decision(
-        self, *, decision: StoredDecision, holds: Sequence[Hold], ttl_seconds: int, now: datetime
+        self, *, decision: StoredDecision, holds: Sequence[Hold], ttl_seconds: int, now: datetime,
+        unless_changed: Mapping[str, Figures] | None = None,
     ) -> CommitOutcome:
         read = self._read_for.pop(decision.request_id, None)
         outcome = await self._counters.commit_decision(
-            decision=decision, holds=holds, ttl_seconds=ttl_seconds, now=now
+            decision=decision, holds=holds, ttl_seconds=ttl_seconds, now=now, unless_changed=unless_changed
         )
         if read is not None:
             held = {hold.ledger.id for hold in holds}
@@ -169,6 +170,9 @@ class ReplicaMemory:
             self._saw(outcome.figures)
         elif outcome.status == "committed":
             self._forget(hold.ledger.id for hold in holds)
+        if outcome.status == "changed" and unless_changed is not None:
+            # A ledger the counters no longer hold (its figures left out) is read, and rebuilt, next time.
+            self._forget(ledger_id for ledger_id in unless_changed if ledger_id not in outcome.figures)
         return outcome
 
     async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:

@@ -23,7 +23,7 @@ processes; the lock only turns the sleeping into a queue.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,7 +52,7 @@ from ..errors import Unavailable
 from ..ledgers import LedgerRef, LedgerSnapshot
 from ..tables import Ledger, Reservation, utcnow
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, StoredDecision
-from .holds import decision_json, stored_decision, unique_holds
+from .holds import decision_json, refuse_invalid_commit, stored_decision, unique_holds
 
 __all__ = ["SqlCounters"]
 
@@ -161,7 +161,10 @@ class SqlCounters:
 
     @staticmethod
     async def _figures(session: Any, ledgers: Sequence[LedgerRef]) -> dict[str, Figures]:
-        ids = sorted({ref.id for ref in ledgers})
+        return await SqlCounters._figures_of(session, sorted({ref.id for ref in ledgers}))
+
+    @staticmethod
+    async def _figures_of(session: Any, ids: Sequence[str]) -> dict[str, Figures]:
         if not ids:
             return {}
         rows = await execute_core(
@@ -188,9 +191,9 @@ class SqlCounters:
         holds: Sequence[Hold],
         ttl_seconds: int,
         now: datetime,
+        unless_changed: Mapping[str, Figures] | None = None,
     ) -> CommitOutcome:
-        if decision.amount < 0:
-            raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
+        refuse_invalid_commit(decision, holds, unless_changed)
         unique = unique_holds(holds)
         amount = decision.amount
         async with self._writing(), wrap_database_errors(), self._sessions() as session:
@@ -216,6 +219,11 @@ class SqlCounters:
                     if prior is None:  # the first writer's row vanished between the two statements
                         raise Unavailable("database", "a concurrent authorize of this request id is in flight")
                     return CommitOutcome("duplicate", prior)
+                if unless_changed is not None:
+                    current = await self._figures_of(session, sorted(unless_changed))
+                    if current != unless_changed:
+                        await transaction.rollback()
+                        return CommitOutcome("changed", None, figures=current)
                 full = await self._reserve(session, unique, amount)
                 if full:
                     await transaction.rollback()

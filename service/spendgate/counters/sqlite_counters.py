@@ -17,7 +17,7 @@ comparison is on exact Python integers.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
@@ -25,7 +25,7 @@ from .. import exact_json
 from ..db import sqlite_file
 from ..ledgers import LedgerRef, LedgerSnapshot
 from .base import DECISION_KEEP_SECONDS, CommitOutcome, Figures, Hold, StoredDecision
-from .holds import decision_json, has_room, stored_decision, unique_holds
+from .holds import decision_json, has_room, refuse_invalid_commit, stored_decision, unique_holds
 from .sqlite_worker import SqliteWorker, connect_sqlite
 
 __all__ = ["SqliteCounters"]
@@ -137,19 +137,28 @@ def _released(rows: Sequence[tuple[int, str]]) -> dict[str, int]:
 class _Commit:
     """One `commit_decision`, prepared on the event loop (JSON, timestamps), run on the thread."""
 
-    def __init__(self, decision: StoredDecision, holds: list[Hold], expires_at: datetime) -> None:
+    def __init__(
+        self, decision: StoredDecision, holds: list[Hold], expires_at: datetime,
+        unless_changed: Mapping[str, Figures] | None = None,
+    ) -> None:
         self.decision = decision
         self.holds = holds
         self.ids = [hold.ledger.id for hold in holds]
+        self.unless_changed = dict(unless_changed) if unless_changed is not None else None
         self.charges = exact_json.dumps_text(self.ids)
         self.body = exact_json.dumps_text(decision_json(decision))
         self.expires_at = _stamp(expires_at)
 
     def __call__(self, db: sqlite3.Connection) -> CommitOutcome:
         decision, amount = self.decision, self.decision.amount
-        prior, found = _prior_and_rows(db, decision.request_id, self.ids)
+        watched = list(self.unless_changed) if self.unless_changed is not None else self.ids
+        prior, found = _prior_and_rows(db, decision.request_id, watched)
         if prior is not None:
             return CommitOutcome("duplicate", prior)
+        if self.unless_changed is not None:
+            current = _zero_filled(found, watched)
+            if current != self.unless_changed:
+                return CommitOutcome("changed", None, figures=current)
         now = _stamp(datetime.now(timezone.utc))
         after: dict[str, Figures] = {}
         if self.holds:
@@ -229,11 +238,11 @@ class SqliteCounters:
         return await self._worker.read(partial(_prior_and_read, request_id=request_id, ids=ids))
 
     async def commit_decision(
-        self, *, decision: StoredDecision, holds: Sequence[Hold], ttl_seconds: int, now: datetime
+        self, *, decision: StoredDecision, holds: Sequence[Hold], ttl_seconds: int, now: datetime,
+        unless_changed: Mapping[str, Figures] | None = None,
     ) -> CommitOutcome:
-        if decision.amount < 0:
-            raise ValueError(f"a reservation amount cannot be negative, got {decision.amount}")
-        job = _Commit(decision, unique_holds(holds), now + timedelta(seconds=ttl_seconds))
+        refuse_invalid_commit(decision, holds, unless_changed)
+        job = _Commit(decision, unique_holds(holds), now + timedelta(seconds=ttl_seconds), unless_changed)
         return await self._worker.write(job)
 
     async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:

@@ -6,7 +6,8 @@ again on the figures the reservation found — so every refusal carries the poli
 
 The first attempt may decide on figures this replica saw up to `figures_max_age` seconds ago
 (counters/replica_memory.py): the common path is then one counters round trip, the commit. A refusal
-is never given on such figures: the current ones are read, and the policy asked again when they differ.
+is never given on such figures alone: the commit stores it only if they are still the current ones,
+and otherwise answers the current ones, on which the policy is asked again — one round trip either way.
 """
 
 from __future__ import annotations
@@ -139,14 +140,9 @@ async def authorize(
             input_doc["request"]["estimated_cost"] = estimate or None
         amount = estimate or 0
         decision = await policy.decide(input_doc)
-        if not decision.allow and isinstance(figures, SeenFigures):
-            # Refused on remembered figures: refuse only on current ones. When they are the same, the
-            # refusal stands as decided (in a storm of denials every request was decided twice).
-            current = await counters.read(refs)
-            if current != figures:
-                known = current  # decide again on them
-                continue
-            figures = current
+        # Refused on remembered figures: refuse only on current ones. The commit stores the refusal only
+        # while they are current, in its one round trip; else it answers what it found, decided on again.
+        unchanged = figures if not decision.allow and isinstance(figures, SeenFigures) else None
         charged = charged_candidates(decision, candidates)
         expires_at = iso(now + timedelta(seconds=ttl_seconds))
         stored = StoredDecision(
@@ -161,10 +157,12 @@ async def authorize(
             Hold(c.ref, c.limit if has_room(figures=figures.get(c.ref.id, _ZERO), limit=c.limit, amount=amount) else None)
             for c in charged
         ] if decision.allow else []
-        outcome = await counters.commit_decision(decision=stored, holds=holds, ttl_seconds=ttl_seconds, now=now)
+        outcome = await counters.commit_decision(
+            decision=stored, holds=holds, ttl_seconds=ttl_seconds, now=now, unless_changed=unchanged
+        )
         if outcome.status in ("committed", "duplicate") and outcome.stored is not None:
             return Authorized(outcome.stored.body, replayed=outcome.status == "duplicate")
-        known = dict(outcome.figures) or None  # no room: decide again on the figures the commit found
+        known = dict(outcome.figures) or None  # no room, or changed: decide again on the figures the commit found
     # Lost every race for the last room: contention, not a broken policy — a retry may well succeed.
     raise Unavailable(
         "room on these budgets", f"request {request.request_id!r}: the ledgers it touches kept changing under it"
