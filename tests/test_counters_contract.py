@@ -26,6 +26,7 @@ from spendgate.counters import (
     RedisCounters,
     ReplicaMemory,
     SqlCounters,
+    SeenFigures,
     SqliteCounters,
     StoredDecision,
 )
@@ -339,13 +340,33 @@ async def test_a_denial_on_figures_that_changed_is_not_stored_and_the_current_on
     assert await harness.counters.prior_decision("r1") is None  # nothing written: decided again, then stored
 
 
+async def test_a_denial_on_figures_whose_spent_alone_changed_is_not_stored(harness: Harness, daily: Daily) -> None:
+    ledger = daily("u1")
+    await authorize(harness.counters, "earlier", [(ledger, 100)], 5)
+    remembered = await harness.replica.read([ledger])
+    assert remembered == {ledger.id: Figures(0, 5)}
+    # "earlier" is recorded at exactly its estimate: reserved goes back to 0, spent to 5 ...
+    await harness.counters.settle(request_id="earlier", snapshots=await record(harness.store, "earlier", [ledger], 5))
+    # ... and a new reservation of 5 puts reserved where it was: only spent differs from what was remembered.
+    await authorize(harness.counters, "later", [(ledger, 100)], 5)
+    assert await harness.replica.read([ledger]) == {ledger.id: Figures(5, 5)}
+
+    outcome = await harness.counters.commit_decision(
+        decision=decision("r1", [], 0, verdict="deny"), holds=[], ttl_seconds=TTL,
+        now=datetime.now(timezone.utc), unless_changed=remembered,
+    )
+
+    assert outcome.status == "changed" and dict(outcome.figures) == {ledger.id: Figures(5, 5)}
+    assert await harness.counters.prior_decision("r1") is None
+
+
 async def test_a_stored_decision_answers_a_conditional_denial_as_the_duplicate(harness: Harness, daily: Daily) -> None:
     ledger = daily("u1")
     first = await authorize(harness.counters, "r1", [(ledger, 100)], 5)
 
-    outcome = await harness.counters.commit_decision(
+    outcome = await harness.counters.commit_decision(  # figures that changed since: "duplicate" still wins
         decision=decision("r1", [], 0, verdict="deny"), holds=[], ttl_seconds=TTL,
-        now=datetime.now(timezone.utc), unless_changed={ledger.id: Figures(0, 5)},
+        now=datetime.now(timezone.utc), unless_changed={ledger.id: Figures(0, 0)},
     )
 
     assert outcome == CommitOutcome("duplicate", first.stored)
@@ -498,6 +519,37 @@ async def test_a_conditional_denial_on_a_counter_redis_lost_reports_it_changed_w
 
     assert outcome.status == "changed" and dict(outcome.figures) == {kept.id: Figures(0, 7)}
     assert await on_redis.counters.prior_decision("r1") is None
+
+
+async def test_a_replica_forgets_what_a_conditional_denial_found_gone_and_remembers_what_it_confirmed(
+    on_redis: Harness, daily: Daily,
+) -> None:
+    kept, lost = never_resets("k1"), daily("u1")
+    await authorize(on_redis.counters, "earlier", [(kept, 100), (lost, 100)], 7)
+    at = 1_000.0
+    memory = ReplicaMemory(on_redis.counters, keep_seconds=60, clock=lambda: at)
+    remembered = await memory.read([kept, lost], max_age=1)  # read from Redis: remembered for 1 s
+    assert not isinstance(remembered, SeenFigures)
+    confirm = dict(remembered)
+
+    at = 1_000.9  # late in their life: a conditional denial that succeeds confirms them as current
+    outcome = await memory.commit_decision(
+        decision=decision("r1", [], 0, verdict="deny"), holds=[], ttl_seconds=TTL,
+        now=datetime.now(timezone.utc), unless_changed=confirm,
+    )
+    assert outcome.status == "committed"
+    at = 1_001.5  # past the read's 1 s, within 1 s of the confirmation
+    assert isinstance(await memory.read([kept, lost], max_age=1), SeenFigures)
+
+    assert await on_redis.clients[0].delete(f"sg:l:{lost.id}") == 1
+    outcome = await memory.commit_decision(
+        decision=decision("r2", [], 0, verdict="deny"), holds=[], ttl_seconds=TTL,
+        now=datetime.now(timezone.utc), unless_changed=confirm,
+    )
+    assert outcome.status == "changed"
+    assert isinstance(await memory.read([kept], max_age=1), SeenFigures)  # found unchanged: still remembered
+    again = await memory.read([kept, lost], max_age=1)  # the lost one was forgotten: read, and rebuilt
+    assert not isinstance(again, SeenFigures) and again == {kept.id: Figures(0, 7), lost.id: Figures(0, 0)}
 
 
 async def test_an_older_snapshot_never_overwrites_a_newer_one(on_redis: Harness) -> None:

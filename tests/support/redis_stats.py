@@ -8,12 +8,13 @@ wire."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 
-__all__ = ["client_commands_during", "commands_during"]
+__all__ = ["UPKEEP", "client_commands_during", "commands_during"]
 
 
 async def commands_during(
@@ -30,8 +31,15 @@ async def commands_during(
     return {name: int(stats[f"cmdstat_{name}"]["calls"]) for name in commands if f"cmdstat_{name}" in stats}
 
 
-async def client_commands_during(redis_url: str, action: Callable[[], Awaitable[None]]) -> list[str]:
-    """The commands clients sent while `action` ran (names, upper case, in order); none a script ran."""
+#: A connection's upkeep, not a request's: its handshake and redis-py's health check.
+UPKEEP = frozenset({"HELLO", "CLIENT", "PING", "AUTH", "SELECT"})
+
+
+async def client_commands_during(
+    redis_url: str, action: Callable[[], Awaitable[None]], *, timeout: float = 10.0
+) -> list[str]:
+    """The commands clients sent while `action` ran (names, upper case, in order): none a script ran,
+    nor a connection's `UPKEEP`."""
     watcher, marker = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
     end = f"end-of-action-{uuid.uuid4().hex}"
     sent: list[str] = []
@@ -40,12 +48,14 @@ async def client_commands_during(redis_url: str, action: Callable[[], Awaitable[
         async with watcher.monitor() as monitor:
             await action()
             await marker.echo(end)  # MONITOR lists it after everything the action sent
-            while True:
-                seen = await monitor.next_command()
-                if seen["command"] == f"ECHO {end}":
-                    return sent
-                if seen["client_type"] != "lua":
-                    sent.append(seen["command"].split(" ", 1)[0].upper())
+            async with asyncio.timeout(timeout):
+                while True:
+                    seen = await monitor.next_command()
+                    if seen["command"] == f"ECHO {end}":
+                        return sent
+                    name = seen["command"].split(" ", 1)[0].upper()
+                    if seen["client_type"] != "lua" and name not in UPKEEP:
+                        sent.append(name)
     finally:
         await watcher.aclose()
         await marker.aclose()

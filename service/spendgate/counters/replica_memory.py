@@ -12,6 +12,7 @@ tail latency; bytes and strings are not traced by it.
 
 **Figures its scripts saw.** Every commit and settle answers with the spent and reserved of the
 ledgers it touched, read atomically by the script; they are remembered with the time they arrived.
+A refusal committed on condition that its figures were unchanged (`unless_changed`) confirms them.
 A read's figures are remembered only for the ledgers the request then does not hold (candidates
 the policy does not charge: nothing of this replica's changes them). `read(..., max_age=s)`
 answers from memory when every ledger was seen within `s` seconds — authorize then decides on
@@ -170,9 +171,11 @@ class ReplicaMemory:
             self._saw(outcome.figures)
         elif outcome.status == "committed":
             self._forget(hold.ledger.id for hold in holds)
-        if outcome.status == "changed" and unless_changed is not None:
-            # A ledger the counters no longer hold (its figures left out) is read, and rebuilt, next time.
-            self._forget(ledger_id for ledger_id in unless_changed if ledger_id not in outcome.figures)
+        if unless_changed is not None:
+            if outcome.status == "committed":  # the commit found them current: as good as a read just now
+                self._saw(unless_changed)
+            elif outcome.status == "changed":  # a ledger the counters no longer hold is read, and rebuilt, next
+                self._forget(ledger_id for ledger_id in unless_changed if ledger_id not in outcome.figures)
         return outcome
 
     async def settle(self, *, request_id: str, snapshots: Sequence[LedgerSnapshot]) -> dict[str, Figures]:

@@ -7,7 +7,7 @@ again on the figures the reservation found — so every refusal carries the poli
 The first attempt may decide on figures this replica saw up to `figures_max_age` seconds ago
 (counters/replica_memory.py): the common path is then one counters round trip, the commit. A refusal
 is never given on such figures alone: the commit stores it only if they are still the current ones,
-and otherwise answers the current ones, on which the policy is asked again — one round trip either way.
+and otherwise answers the current ones, on which the policy is asked again — the check adds no round trip.
 """
 
 from __future__ import annotations
