@@ -12,7 +12,10 @@ from .. import exact_json
 from ..ledgers import LedgerRef
 from .base import Figures, Hold, StoredDecision
 
-__all__ = ["refuse_invalid_commit", "unique_holds", "has_room", "stored_decision", "decision_json", "encode_decision", "decode_decision"]
+__all__ = [
+    "refuse_invalid_commit", "unique_holds", "has_room", "stored_decision", "decision_json", "encode_decision",
+    "decode_decision",
+]
 
 
 def refuse_invalid_commit(
