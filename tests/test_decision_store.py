@@ -8,16 +8,23 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import CacheStats
 
+from spendgate.alerts.events import AlertDraft
+from spendgate.alerts.outbox import insert_core
+from spendgate.counters import SqliteCounters
 from spendgate.db import create_engine, execute_core, session_factory
+from spendgate.decision_store import SqliteBatchWriter
 from spendgate.decision_store.store import StoredRow, new_decision_id, write_rows
 from spendgate.decision_store.writer import BackgroundWriter
+from spendgate.ledgers import LedgerRef
 from spendgate.migrate import upgrade
 from spendgate.settings import Settings
 from support.app import AppFactory, RunningApp
@@ -199,6 +206,73 @@ async def test_refusals_arriving_one_at_a_time_are_written_in_one_transaction(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await engine.dispose()
+
+
+async def test_on_the_embedded_default_the_store_is_written_by_the_counters_own_thread(
+    app_factory: AppFactory, sqlite_url: str
+) -> None:
+    """SQLite has one write lock, which the counters' thread takes for every decision. The store's rows
+    and events go through that thread as well, never through the engine's connection: taking the lock
+    there too made the counters' writes wait for it in a storm of refusals (bench/README.md, seventeenth
+    round)."""
+    app = await app_factory(database_url=sqlite_url)
+    assert app.runtime.sqlite_writer is not None
+    on_engine: list[str] = []
+
+    @event.listens_for(app.runtime.engine.sync_engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            on_engine.append(statement.split("(", 1)[0].strip())
+
+    secret = await create_key(app.admin, id="k1", budget={"max_budget": "1.00", "duration": "1d"})
+    on_engine.clear()  # the admin change's own inserts
+    denied = await _deny(app, secret, "r-denied")
+    found = (await _decisions(app, entity="key:k1"))["items"]
+    assert [item["request_id"] for item in found] == ["r-denied"]
+    assert found[0]["reasons"] == denied["reasons"] and found[0]["charges"] == denied["charges"]
+    events = await app.admin.get("/v1/admin/alerts")
+    assert events.status_code == 200, events.text
+    assert [e["event"] for e in events.json()["items"]] == ["budget_exceeded"]
+    assert on_engine == [], on_engine
+
+
+async def test_rows_written_by_the_counters_thread_are_the_rows_the_session_writes(tmp_path: Path) -> None:
+    """The embedded default writes the store through raw SQLite with SQLAlchemy's compiled statements
+    and bind processors: what lands in the file is what the session path writes, byte for byte."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    ref = LedgerRef("key", "k1", "1d", datetime(2026, 1, 2, tzinfo=timezone.utc),
+                    datetime(2026, 1, 3, tzinfo=timezone.utc))
+    rows = [StoredRow("d1", "r1", at, "deny",
+                      [{"code": "budget_exceeded", "entity": {"type": "key", "id": "k1"}, "spent": "1.000000"}],
+                      [{"entity": {"type": "key", "id": "k1"}, "window": "1d", "spent": 10**19}], [], "rev"),
+            StoredRow("d2", "r2", at + timedelta(seconds=1), "allow", [], [],
+                      [{"code": "soft_budget_crossed", "entity": {"type": "tag", "id": "t é"}}], None)]
+    drafts = [AlertDraft("budget_exceeded", ref, 10**9, 10**9, None, None, at, {"message": "spent — all"})]
+    contents = []
+    for way in ("session", "counters' thread"):
+        url = f"sqlite+aiosqlite:///{tmp_path / way}.db"
+        engine = create_engine(Settings(database_url=url))
+        await upgrade(engine)
+        counters = SqliteCounters.for_url(url)
+        try:
+            if way == "session":
+                async with session_factory(engine)() as session, session.begin():
+                    await write_rows(session, rows)
+                    await insert_core(session, drafts)
+            else:
+                await SqliteBatchWriter(counters.worker, engine.sync_engine.dialect).write(rows, drafts)
+        finally:
+            await counters.close()
+            await engine.dispose()
+        with sqlite3.connect(tmp_path / f"{way}.db") as db:
+            contents.append([
+                db.execute("SELECT * FROM decision_records ORDER BY decision_id").fetchall(),
+                db.execute("SELECT * FROM decision_record_entities ORDER BY decision_id, entity_type").fetchall(),
+                # every column but `id` (a fresh random id per insert)
+                db.execute("SELECT * FROM alert_events").fetchall()[0][1:],
+            ])
+    assert contents[0][0] and contents[0][1] and contents[0][2]
+    assert contents[0] == contents[1]
 
 
 async def test_decision_ids_differ_whatever_seeds_the_global_generator_and_in_a_forked_child() -> None:

@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .shedding import InFlightLimit
 from .decision_store import BackgroundWriter
-from .counters import Counters, ReplicaMemory, counters_for
+from .counters import Counters, ReplicaMemory, SqliteCounters, counters_for
 from .counters.redis_pool import redis_client as redis_client_for
+from .counters.sqlite_worker import SqliteWorker
 from .db import SessionFactory, create_engine, database_errors, session_factory
 from .errors import Unavailable
 from .facts import FactsCache
@@ -57,6 +58,9 @@ class Runtime:
     authorize_slots: InFlightLimit = field(init=False)
     #: Writes recent decisions and refusal alerts off the decision path (set by the app's lifespan).
     background: BackgroundWriter | None = None
+    #: The embedded database's one writer (the SQLite counters' thread), which the background writer
+    #: writes through too; None when the counters are not SQLite's.
+    sqlite_writer: SqliteWorker | None = None
     #: The ports as the decision routes call them, each stage timed (decisions/observed.py makes them once).
     timed_ports: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -164,7 +168,10 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             policy.evaluator if settings.opa_url else f"embedded ({policy.evaluator})",
             policy.revision,
         )
-        yield Runtime(settings, engine, sessions, ledgers, counters, policy, facts, redis_client, metrics=metrics)
+        yield Runtime(
+            settings, engine, sessions, ledgers, counters, policy, facts, redis_client, metrics=metrics,
+            sqlite_writer=adapter.worker if isinstance(adapter, SqliteCounters) else None,
+        )
     finally:
         if facts is not None:
             await facts.close()  # its background reads, before the database closes

@@ -154,8 +154,15 @@ def refusal_drafts(body: Mapping[str, Any], at: datetime) -> list[AlertDraft]:
     wanted.pop(None, None)
     if not wanted:
         return []
+    refused = [ledger for ledger in wanted if isinstance(ledger, str)]
     drafts = []
     for charge in body.get("charges") or ():
+        # Its ledger id up to the period (LedgerRef.id): only a charge some reason may name has its
+        # period parsed — a denial names one ledger or two of the several it charges.
+        entity = charge["entity"]
+        head = f"{entity['type']}:{entity['id']}:{charge.get('window') or '-'}:"
+        if not any(ledger.startswith(head) for ledger in refused):
+            continue
         ref = ref_of_charge_view(charge)
         reason = wanted.get(ref.id)
         if reason is None:

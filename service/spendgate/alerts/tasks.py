@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 
-from ..decision_store import BackgroundWriter
+from ..decision_store import BackgroundWriter, SqliteBatchWriter
 from ..runtime import Runtime
 from ..stopping import cancel_and_wait
 from .config import AlertConfig
@@ -50,10 +50,13 @@ def start_alerting(runtime: Runtime) -> Alerting:
     runtime.ledgers.in_transaction.append(
         AlertOutboxWriter(thresholds=config.thresholds, clock=lambda: runtime.clock())
     )
+    sink = None
+    if runtime.sqlite_writer is not None:  # the embedded default: one writer for the file (sqlite_writes.py)
+        sink = SqliteBatchWriter(runtime.sqlite_writer, runtime.engine.sync_engine.dialect).write
     runtime.background = BackgroundWriter(
         runtime.sessions, max_rows=settings.decision_store_max_rows,
         max_age_seconds=settings.decision_store_max_age_seconds, clock=lambda: runtime.clock(),
-        dropped=runtime.metrics.background_dropped,
+        dropped=runtime.metrics.background_dropped, sink=sink,
     )
     worker = None
     if config.webhooks:

@@ -22,7 +22,10 @@ from ..db import execute_core, execute_many
 from ..tables import DecisionRecord, DecisionRecordEntity
 from .cursor import decode_cursor, encode_cursor
 
-__all__ = ["StoredRow", "new_decision_id", "row_from_answer", "write_rows", "prune", "recent", "RECORDS", "ENTITIES"]
+__all__ = [
+    "StoredRow", "new_decision_id", "row_from_answer", "write_rows", "entity_rows", "prune", "recent", "RECORDS",
+    "ENTITIES",
+]
 
 RECORDS: Table = DecisionRecord.__table__  # type: ignore[attr-defined]
 ENTITIES: Table = DecisionRecordEntity.__table__  # type: ignore[attr-defined]
@@ -82,12 +85,16 @@ async def write_rows(session: AsyncSession, rows: Sequence[StoredRow]) -> None:
     if not rows:
         return
     await execute_many(session, RECORDS.insert(), [row._asdict() for row in rows])
-    index = [
+    await execute_many(session, ENTITIES.insert(), entity_rows(rows))
+
+
+def entity_rows(rows: Sequence[StoredRow]) -> list[dict[str, Any]]:
+    """The per-entity index entries of `rows` (one per entity each names)."""
+    return [
         {"decision_id": row.decision_id, "entity_type": kind, "entity_id": ident, "at": row.at}
         for row in rows
         for kind, ident in row.entities()
     ]
-    await execute_many(session, ENTITIES.insert(), index)
 
 
 async def prune(session: AsyncSession, *, max_rows: int, max_age_seconds: float, now: datetime) -> int:

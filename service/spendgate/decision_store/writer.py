@@ -8,10 +8,15 @@ a full queue drops the item and counts it) and this task writes what has queued 
 transaction. After the first item of a batch it lingers `linger_seconds` (20 ms) for more: without
 that, denials arriving one at a time were a transaction each (a storm of them from one gateway
 connection cost the embedded default's single SQLite writer most of its time). A row lost with its
-process is acceptable by design: the decision store is a recent-history aid, and a lost `budget_exceeded` event is created again by the next refusal on
-that ledger (the insert is idempotent on the outbox's unique key). Pruning runs with the writes: after a
-tenth of the row cap, or a minute, since the last prune. Events already written are
-remembered (a bounded set), so a storm of refusals does not rewrite the same event.
+process is acceptable by design: the decision store is a recent-history aid, and a lost
+`budget_exceeded` event is created again by the next refusal on that ledger (the insert is
+idempotent on the outbox's unique key). Events already written are remembered (a bounded set), so a
+storm of refusals does not rewrite the same event.
+
+A batch's rows and events go in one transaction: by default a session's on the engine; on the
+embedded default, a write job of the SQLite counters' own thread (`sqlite_writes.py`: the file has
+one write lock, which the two connections fought over). Pruning follows a batch, in a transaction
+of its own, after a tenth of the row cap or a minute since the last prune.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -32,7 +37,7 @@ from ..db import SessionFactory, wrap_database_errors
 from ..errors import SpendgateError
 from .store import StoredRow, prune, write_rows
 
-__all__ = ["BackgroundWriter", "LINGER_SECONDS"]
+__all__ = ["BackgroundWriter", "BatchSink", "LINGER_SECONDS"]
 
 log = logging.getLogger("spendgate.background")
 
@@ -51,12 +56,17 @@ class _Item(NamedTuple):
     drafts: tuple[AlertDraft, ...]
 
 
+#: Writes one batch's decision rows and alert events in one transaction.
+BatchSink = Callable[[Sequence[StoredRow], Sequence[AlertDraft]], Awaitable[None]]
+
+
 class BackgroundWriter:
     def __init__(
         self, sessions: SessionFactory, *, max_rows: int, max_age_seconds: float, clock: Callable[[], datetime],
-        dropped: Counter | None = None, linger_seconds: float = LINGER_SECONDS,
+        dropped: Counter | None = None, linger_seconds: float = LINGER_SECONDS, sink: BatchSink | None = None,
     ) -> None:
         self._sessions = sessions
+        self._sink: BatchSink = sink or self._in_session
         self._linger = linger_seconds
         self._max_rows = max_rows
         self._max_age = max_age_seconds
@@ -102,18 +112,21 @@ class BackgroundWriter:
     async def _write(self, batch: Sequence[_Item]) -> None:
         rows = [item.row for item in batch if item.row is not None]
         drafts = {d.dedupe_key: d for item in batch for d in item.drafts if d.dedupe_key not in self._seen}
-        async with wrap_database_errors(), self._sessions() as session:
-            async with session.begin():
-                await write_rows(session, rows)
-                await insert_core(session, list(drafts.values()))
-                self._since_prune += len(rows)
-                if rows and (
-                    self._since_prune >= max(1, self._max_rows // 10)
-                    or time.monotonic() - self._last_prune > _PRUNE_EVERY_SECONDS
-                ):
-                    await prune(session, max_rows=self._max_rows, max_age_seconds=self._max_age, now=self._clock())
-                    self._since_prune, self._last_prune = 0, time.monotonic()
+        await self._sink(rows, list(drafts.values()))
         for key in drafts:  # only once committed: a failed write is retried by the next refusal
             self._seen[key] = None
             if len(self._seen) > _SEEN_MAX:
                 self._seen.popitem(last=False)
+        self._since_prune += len(rows)
+        if rows and (
+            self._since_prune >= max(1, self._max_rows // 10)
+            or time.monotonic() - self._last_prune > _PRUNE_EVERY_SECONDS
+        ):
+            async with wrap_database_errors(), self._sessions() as session, session.begin():
+                await prune(session, max_rows=self._max_rows, max_age_seconds=self._max_age, now=self._clock())
+            self._since_prune, self._last_prune = 0, time.monotonic()
+
+    async def _in_session(self, rows: Sequence[StoredRow], drafts: Sequence[AlertDraft]) -> None:
+        async with wrap_database_errors(), self._sessions() as session, session.begin():
+            await write_rows(session, rows)
+            await insert_core(session, drafts)
