@@ -10,7 +10,7 @@ access log off, --workers N), one at a time:
   spendgate        `spendgate serve` on PostgreSQL + Redis, seeded through the admin API with a team key
                    (day budget), its team and membership, a gpt-4o budget on the key, an end user and a tag:
                    6 ledgers per request, as the floors hold
-  spendgate sqlite the embedded default (SQLite file, no Redis), same seed: authorize only
+  spendgate sqlite the embedded default (SQLite file, no Redis), same seed: authorize, then pairs
 
 With --denials, each Spendgate target ends with a `deny` step: the seeded tag's budget is set below one
 request's estimate, and the same authorize requests are all refused (budget_exceeded), as when a budget
@@ -464,7 +464,7 @@ class Bench:
             ("spendgate", None, ("authorize", "pair", *denials), True),
         ]
         if not args.skip_sqlite:
-            plan.append(("spendgate sqlite", None, ("authorize", *denials), False))
+            plan.append(("spendgate sqlite", None, ("authorize", "pair", *denials), False))
         for name, app, modes, open_loop in plan:
             if name not in args.targets:
                 continue
@@ -543,6 +543,7 @@ COMPARISONS = (
     ("spendgate authorize / authorize floor", ("spendgate", "authorize"), ("authorize floor", "authorize")),
     ("spendgate pairs / pair floor", ("spendgate", "pair"), ("pair floor", "pair")),
     ("sqlite authorize / pg+redis authorize", ("spendgate sqlite", "authorize"), ("spendgate", "authorize")),
+    ("sqlite pairs / pg+redis pairs", ("spendgate sqlite", "pair"), ("spendgate", "pair")),
     ("spendgate denials / spendgate authorize", ("spendgate", "deny"), ("spendgate", "authorize")),
     ("sqlite denials / sqlite authorize", ("spendgate sqlite", "deny"), ("spendgate sqlite", "authorize")),
 )

@@ -34,7 +34,7 @@ def test_floor_smoke_run_prints_a_row_and_a_ratio_for_every_target() -> None:
     rows = [line.split() for line in run.stdout.splitlines()]
     for target, mode in (("http floor", "authorize"), ("authorize floor", "authorize"), ("pair floor", "pair"),
                          ("spendgate", "authorize"), ("spendgate", "pair"), ("spendgate sqlite", "authorize"),
-                         ("spendgate", "deny"), ("spendgate sqlite", "deny")):
+                         ("spendgate sqlite", "pair"), ("spendgate", "deny"), ("spendgate sqlite", "deny")):
         words = target.split()
         assert any(row[: len(words) + 1] == [*words, mode] for row in rows), f"no {target} {mode} row:\n{run.stdout}"
     assert "(1,000 settled decisions of the last day put in the embedded database)" in run.stdout, run.stdout
@@ -42,7 +42,7 @@ def test_floor_smoke_run_prints_a_row_and_a_ratio_for_every_target() -> None:
     ratios = [line for line in run.stdout.splitlines() if line.startswith("ratio ")]
     for comparison in ("spendgate authorize / http floor", "spendgate authorize / authorize floor",
                        "spendgate pairs / pair floor", "sqlite authorize / pg+redis authorize",
-                       "spendgate denials / spendgate authorize", "sqlite denials / sqlite authorize"):
+                       "sqlite pairs / pg+redis pairs", "spendgate denials / spendgate authorize", "sqlite denials / sqlite authorize"):
         assert any(comparison in line and "%" in line for line in ratios), f"no ratio for {comparison}:\n{run.stdout}"
     assert not [row for row in rows if len(row) > 6 and row[0] in ("http", "authorize", "pair", "spendgate")
                 and row[-2].isdigit() and int(row[-2]) > 0], f"a target answered with errors:\n{run.stdout}"

@@ -260,7 +260,7 @@ async def test_rows_written_by_the_counters_thread_are_the_rows_the_session_writ
                     await write_rows(session, rows)
                     await insert_core(session, drafts)
             else:
-                await SqliteBatchWriter(counters.worker, engine.sync_engine.dialect).write(rows, drafts)
+                await SqliteBatchWriter(counters.worker).write(rows, drafts)
         finally:
             await counters.close()
             await engine.dispose()

@@ -19,6 +19,7 @@ from .errors import Unavailable
 from .settings import Settings
 
 __all__ = [
+    "JSON_CODEC",
     "create_engine",
     "session_factory",
     "SessionFactory",
@@ -42,16 +43,19 @@ database_errors: tuple[type[BaseException], ...] = (OperationalError, InterfaceE
 SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=30000")
 
 
+#: How JSON columns are written and read, by the engines and by `sqlite_statements.py`.
+JSON_CODEC: dict[str, Any] = {"json_serializer": exact_json.dumps_text, "json_deserializer": exact_json.loads}
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """An engine for the configured URL; SQLite gets WAL and a busy timeout so readers never block writers.
     JSON columns are written and read by `exact_json` (orjson, exact past 64 bits) where SQLAlchemy's `JSON`
     type would call the stdlib's `json` (2 % of the event loop in a storm of refusals, each written with its
     decision body; bench/README.md, thirteenth round)."""
-    json_codec: dict[str, Any] = {"json_serializer": exact_json.dumps_text, "json_deserializer": exact_json.loads}
     if settings.is_postgres:
         return create_async_engine(
             settings.database_url,
-            **json_codec,
+            **JSON_CODEC,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
             # No ping per checkout (it cost ~12% of the event loop under load): a connection found
@@ -59,7 +63,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             pool_pre_ping=False,
             pool_recycle=1800,
         )
-    engine = create_async_engine(settings.database_url, connect_args={"timeout": 30}, **json_codec)
+    engine = create_async_engine(settings.database_url, connect_args={"timeout": 30}, **JSON_CODEC)
     # aiosqlite logs every statement with its parameters at DEBUG — key hashes included: never let it.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
 

@@ -2,26 +2,31 @@
 
 Recording a request writes its spend event, the ledger increments and the report rollups in
 one transaction; the spend event's primary key makes it happen once. Records that arrive
-together are group-committed by `record_batch.RecordBatcher`.
+together are group-committed: by `record_batch.RecordBatcher` on PostgreSQL, by the file's one
+writer (the SQLite counters' thread, `sqlite_statements.py`) on SQLite.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .db import SessionFactory, execute_core, wrap_database_errors
+from .counters.sqlite_worker import SqliteWorker, connect_sqlite
+from .db import SessionFactory, execute_core, sqlite_file, wrap_database_errors
 from .headroom import headroom_tier, headroom_tier_sql
 from .ledgers import LedgerRef, LedgerSnapshot, charged_refs
 from .pg_direct import direct_transaction
 from .record_batch import BatchItem, InTransaction, RecordBatcher, WrittenBatch
 from .reports.rollups import SpendRollupWriter
+from .sqlite_statements import SqliteStatement
 from .tables import Ledger, SpendEvent, utcnow
 
 __all__ = ["LedgerStore", "RecordedSpend"]
@@ -54,12 +59,34 @@ class LedgerStore:
         if not isinstance(engine, AsyncEngine):
             raise TypeError("LedgerStore needs a session factory bound to an AsyncEngine")
         self._engine = engine
-        #: PostgreSQL records are group-committed (record_batch.py); SQLite writes one at a time.
+        #: PostgreSQL records are group-committed here (record_batch.py); SQLite's by the file's one
+        #: writer, which they share with the counters when those are SQLite's (`write_through`).
         self._batcher = (
             RecordBatcher(self._write_batch, max_batch=batch_max, concurrency=batch_concurrency)
             if engine.dialect.name == "postgresql"
             else None
         )
+        self._sqlite_writer: SqliteWorker | None = None
+        self._owns_writer = False
+
+    def write_through(self, writer: SqliteWorker) -> None:
+        """SQLite: write records through `writer`, the counters' own (`sqlite_statements.py` says why)."""
+        if self._owns_writer:
+            raise RuntimeError("records are already written through a writer of this store's own")
+        self._sqlite_writer = writer
+
+    def _writer(self) -> SqliteWorker:
+        """SQLite: the writer records go through — the counters', or one of this store's own (Redis counters)."""
+        if self._sqlite_writer is None:
+            name, uri = sqlite_file(self._engine.url.render_as_string(hide_password=False))
+            self._sqlite_writer = SqliteWorker(partial(connect_sqlite, name, uri=uri))
+            self._owns_writer = True
+        return self._sqlite_writer
+
+    async def close(self) -> None:
+        """Close the SQLite writer this store made for itself, if it made one."""
+        if self._owns_writer and self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
 
     async def snapshots(self, ledger_ids: Sequence[str]) -> dict[str, LedgerSnapshot]:
         """Current `spent`/`version` of the given ledgers; absent ledgers are simply missing."""
@@ -84,8 +111,9 @@ class LedgerStore:
         A second call for the same request id writes nothing and returns the first event
         with `duplicate=True` (the caller compares cost and outcome). The ledger upsert is one
         statement whose rows come in ledger-id order, so concurrent records lock rows in the
-        same order and never deadlock. On PostgreSQL the write shares a transaction with the
-        records that queued beside it (`record_batch.py`); it still returns only once committed.
+        same order and never deadlock. The write shares a transaction with the writes that queued
+        beside it — on PostgreSQL other records (`record_batch.py`), on SQLite whatever the file's
+        one writer has queued (`sqlite_statements.py`); it still returns only once committed.
         `limits` (ledger id → the hard limit the decision was taken with; absent: none) is
         stored on each charged ledger as `limit_at_charge`, for the console's ranking only.
         """
@@ -96,26 +124,15 @@ class LedgerStore:
             if written is not None:
                 return RecordedSpend(event, False, written)
         else:
-            async with wrap_database_errors(), self._sessions() as session:
-                async with session.begin():
-                    inserted = (
-                        await execute_core(
-                            session,
-                            sqlite_insert(_EVENTS)
-                            .values(**event.model_dump())
-                            .on_conflict_do_nothing(index_elements=["request_id"])
-                            .returning(_EVENTS.c.request_id),
-                        )
-                    ).first()
-                    snapshots = (
-                        await self._add_spend(session, ordered, event.cost, limits) if inserted is not None else ()
-                    )
-                    if inserted is not None:
-                        one = WrittenBatch((event,), {snap.ledger_id: snap for snap in snapshots})
-                        for writer in self.in_transaction:
-                            await writer.sqlite(session, one)
-            if inserted is not None:
-                return RecordedSpend(event, False, snapshots)
+            written = await self._writer().write(partial(
+                self._record_sqlite,
+                event=event,
+                event_row=_SQLITE_INSERT_EVENT.parameters(event.model_dump()),
+                ledger_rows=_sqlite_ledger_rows(ordered, event.cost, limits),
+                ordered=ordered,
+            ))
+            if written is not None:
+                return RecordedSpend(event, False, written)
         existing = await self.find_event(event.request_id)
         if existing is None:  # pragma: no cover - the conflicting row cannot vanish: events are never deleted
             raise RuntimeError(f"spend event {event.request_id!r} conflicted but cannot be read")
@@ -164,35 +181,38 @@ class LedgerStore:
             for item in items
         }
 
-    @staticmethod
-    async def _add_spend(
-        session: Any, ordered: Sequence[LedgerRef], cost: int, limits: Mapping[str, int | None]
-    ) -> tuple[LedgerSnapshot, ...]:
-        """SQLite: one upsert per ledger (PostgreSQL records go through `_write_batch`)."""
-        if not ordered:
-            return ()
-        now = utcnow()
-        rows: list[Any] = []
-        for ref in ordered:  # SQLite: one upsert per ledger, in ledger-id order
-            values = sqlite_insert(_LEDGERS).values(
-                ledger_id=ref.id, entity_type=ref.entity_type, entity_id=ref.entity_id, window=ref.window,
-                period_start=ref.period_start, period_end=ref.period_end, spent=cost, reserved=0, version=1,
-                updated_at=now, limit_at_charge=limits.get(ref.id),
-                headroom_tier=headroom_tier(cost, limits.get(ref.id)),
-            )
-            statement = values.on_conflict_do_update(
-                index_elements=["ledger_id"],
-                set_={
-                    "spent": _LEDGERS.c.spent + values.excluded.spent,
-                    "version": _LEDGERS.c.version + 1,
-                    "updated_at": values.excluded.updated_at,
-                    "limit_at_charge": values.excluded.limit_at_charge,
-                    "headroom_tier": _SQLITE_TIER,
-                },
-            ).returning(_LEDGERS.c.ledger_id, _LEDGERS.c.spent, _LEDGERS.c.version)
-            rows.extend((await execute_core(session, statement)).all())
-        found = {row[0]: LedgerSnapshot(row[0], int(row[1]), int(row[2])) for row in rows}
+    def _record_sqlite(
+        self, db: sqlite3.Connection, *, event: SpendEvent, event_row: tuple[Any, ...],
+        ledger_rows: list[tuple[Any, ...]], ordered: Sequence[LedgerRef],
+    ) -> tuple[LedgerSnapshot, ...] | None:
+        """SQLite, on the writer's thread, in its transaction: the event, one upsert per ledger (in
+        ledger-id order), then the `in_transaction` writers. None when the event was recorded before."""
+        if not db.execute(_SQLITE_INSERT_EVENT.sql, event_row).fetchall():
+            return None
+        found: dict[str, LedgerSnapshot] = {}
+        for row in ledger_rows:
+            for ledger_id, spent, version in db.execute(_SQLITE_ADD_SPEND.sql, row).fetchall():
+                found[ledger_id] = LedgerSnapshot(ledger_id, int(spent), int(version))
+        batch = WrittenBatch((event,), found)
+        for writer in self.in_transaction:
+            writer.sqlite(db, batch)
         return tuple(found[ref.id] for ref in ordered)
+
+
+def _sqlite_ledger_rows(
+    ordered: Sequence[LedgerRef], cost: int, limits: Mapping[str, int | None]
+) -> list[tuple[Any, ...]]:
+    """`_SQLITE_ADD_SPEND`'s parameters for each ledger, in the given (ledger-id) order."""
+    now = utcnow()
+    return [
+        _SQLITE_ADD_SPEND.parameters({
+            "ledger_id": ref.id, "entity_type": ref.entity_type, "entity_id": ref.entity_id, "window": ref.window,
+            "period_start": ref.period_start, "period_end": ref.period_end, "spent": cost, "reserved": 0,
+            "version": 1, "updated_at": now, "limit_at_charge": limits.get(ref.id),
+            "headroom_tier": headroom_tier(cost, limits.get(ref.id)),
+        })
+        for ref in ordered
+    ]
 
 
 #: Adds each ledger's delta ($7) and sets its limit at charge ($8) and headroom tier — inserting
@@ -228,11 +248,39 @@ _PG_INSERT_EVENTS = """
 """
 
 
-#: SQLite's upsert: the tier of the ledger's spend after this charge, under the limit just written.
-_SQLITE_TIER: Any = literal_column(headroom_tier_sql("ledgers.spent + excluded.spent", "excluded.limit_at_charge"))
-
 _EVENTS: Table = SpendEvent.__table__  # type: ignore[attr-defined]
 _LEDGERS: Table = Ledger.__table__  # type: ignore[attr-defined]
+
+
+def _sqlite_add_spend() -> SqliteStatement:
+    """SQLite: adds the cost to one ledger (inserting it if never charged), sets its limit at charge
+    and headroom tier — `_PG_ADD_SPEND`'s work for one row; returns (ledger_id, spent, version)."""
+    insert = sqlite_insert(_LEDGERS)
+    upsert = insert.on_conflict_do_update(
+        index_elements=["ledger_id"],
+        set_={
+            "spent": _LEDGERS.c.spent + insert.excluded.spent,
+            "version": _LEDGERS.c.version + 1,
+            "updated_at": insert.excluded.updated_at,
+            "limit_at_charge": insert.excluded.limit_at_charge,
+            # the tier of the ledger's spend after this charge, under the limit just written
+            "headroom_tier": literal_column(
+                headroom_tier_sql("ledgers.spent + excluded.spent", "excluded.limit_at_charge")
+            ),
+        },
+    ).returning(_LEDGERS.c.ledger_id, _LEDGERS.c.spent, _LEDGERS.c.version)
+    return SqliteStatement(upsert, [
+        "ledger_id", "entity_type", "entity_id", "window", "period_start", "period_end", "spent", "reserved",
+        "version", "updated_at", "limit_at_charge", "headroom_tier",
+    ])
+
+
+_SQLITE_ADD_SPEND = _sqlite_add_spend()
+#: SQLite: the spend event, unless one with its request id exists; returns its id when it was new.
+_SQLITE_INSERT_EVENT = SqliteStatement(
+    sqlite_insert(_EVENTS).on_conflict_do_nothing(index_elements=["request_id"]).returning(_EVENTS.c.request_id),
+    [c.name for c in _EVENTS.c],
+)
 
 
 def _columns(rows: Sequence[Any], *names: str) -> list[list[Any]]:

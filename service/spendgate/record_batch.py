@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
@@ -56,8 +57,9 @@ class InTransaction(Protocol):
     async def postgres(self, connection: Any, batch: WrittenBatch) -> None:
         """On the batch's asyncpg connection (PostgreSQL), inside its transaction."""
 
-    async def sqlite(self, session: Any, batch: WrittenBatch) -> None:
-        """On the record's SQLAlchemy `AsyncSession` (SQLite), inside its transaction."""
+    def sqlite(self, db: sqlite3.Connection, batch: WrittenBatch) -> None:
+        """On the embedded database's one writer (SQLite: its thread, `sqlite_statements.py`), inside
+        the transaction of the batch of writes the record is in."""
 
 
 @dataclass(slots=True)

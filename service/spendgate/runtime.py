@@ -135,6 +135,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     engine = create_engine(settings)
     redis_client: aioredis.Redis | None = None
     adapter: Counters | None = None
+    ledgers: LedgerStore | None = None
     facts: FactsCache | None = None
     try:
         await policy.start()  # OPA: push the policies now, so one OPA refuses stops start-up too
@@ -155,6 +156,8 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             settings, sessions=sessions, redis=redis_client, snapshots=ledgers.snapshots,
             on_rebuild=metrics.counter_rebuilds.inc,
         )
+        if isinstance(adapter, SqliteCounters):
+            ledgers.write_through(adapter.worker)  # one writer for the SQLite file (sqlite_statements.py)
         if settings.redis_url:
             async with _reaching_redis(settings.redis_url):
                 await counters.ping()  # a Redis that cannot be reached stops start-up, as the database does
@@ -175,6 +178,8 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     finally:
         if facts is not None:
             await facts.close()  # its background reads, before the database closes
+        if ledgers is not None:
+            await ledgers.close()  # SQLite with Redis counters: the records' own writer
         if adapter is not None and redis_client is None:
             await adapter.close()  # SQLite: its connection and thread (Redis: the client, closed below)
         await policy.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -23,10 +24,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from ..db import dialect_name, execute_core, execute_many
+from ..sqlite_statements import SqliteStatement
 from ..tables import AlertEvent
 from .events import AlertDraft
 
-__all__ = ["ALERTS", "row_values", "insert_core", "insert_postgres", "claim_due", "finish", "new_claim"]
+__all__ = [
+    "ALERTS", "row_values", "insert_core", "insert_postgres", "insert_sqlite", "claim_due", "finish", "new_claim",
+]
 
 ALERTS: Table = AlertEvent.__table__  # type: ignore[attr-defined]
 
@@ -79,6 +83,17 @@ _PG_INSERT = (
     f"VALUES ({', '.join(f'${i + 1}' for i in range(len(_COLUMNS)))}) ON CONFLICT (dedupe_key) DO NOTHING"
 )
 _JSON_COLUMNS = {"details", "delivered_to"}
+_SQLITE_INSERT = SqliteStatement(
+    sqlite_insert(ALERTS).on_conflict_do_nothing(index_elements=["dedupe_key"]), [c.name for c in ALERTS.c]
+)
+
+
+def insert_sqlite(db: sqlite3.Connection, drafts: Sequence[AlertDraft]) -> None:
+    """Insert on the embedded database's one writer (`sqlite_statements.py`), in its transaction."""
+    if drafts:
+        db.executemany(_SQLITE_INSERT.sql, _SQLITE_INSERT.many(
+            [row_values(d) for d in sorted(drafts, key=lambda d: d.dedupe_key)]
+        ))
 
 
 async def insert_postgres(connection: Any, drafts: Sequence[AlertDraft]) -> None:

@@ -10,6 +10,7 @@ record still commits — money first.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import asyncpg
 
 from ..pg_direct import is_connection_loss
 from .events import AlertDraft, record_drafts
-from .outbox import insert_core, insert_postgres
+from .outbox import insert_postgres, insert_sqlite
 
 if TYPE_CHECKING:
     from ..record_batch import WrittenBatch
@@ -53,5 +54,5 @@ class AlertOutboxWriter:
                 raise
             log.warning("%d alert events not stored (%s); the records are", len(drafts), type(exc).__name__)
 
-    async def sqlite(self, session: Any, batch: WrittenBatch) -> None:
-        await insert_core(session, self._drafts(batch))
+    def sqlite(self, db: sqlite3.Connection, batch: WrittenBatch) -> None:
+        insert_sqlite(db, self._drafts(batch))

@@ -15,15 +15,16 @@ ledger's `spent` whenever the period's boundaries are whole UTC hours.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from sqlalchemy import Table
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..db import execute_core
+from ..sqlite_statements import SqliteStatement
 from ..tables import SpendRollup
 
 if TYPE_CHECKING:
@@ -118,32 +119,33 @@ class SpendRollupWriter:
                 [delta.failures for delta in deltas],
             )
 
-    async def sqlite(self, session: Any, batch: WrittenBatch) -> None:
-        for statement in sqlite_statements(rollup_deltas(batch.events)):
-            await execute_core(session, statement)
-
-
-def sqlite_statements(deltas: Sequence[RollupDelta]) -> list[Any]:
-    """SQLite: one upsert per row, in key order."""
-    statements = []
-    for delta in deltas:
-        values = sqlite_insert(_ROLLUPS).values(
-            **delta.key._asdict(), spend=delta.spend, requests=delta.requests, failures=delta.failures
-        )
-        statements.append(
-            values.on_conflict_do_update(
-                index_elements=list(RollupKey._fields),
-                set_={
-                    "spend": _ROLLUPS.c.spend + values.excluded.spend,
-                    "requests": _ROLLUPS.c.requests + values.excluded.requests,
-                    "failures": _ROLLUPS.c.failures + values.excluded.failures,
-                },
-            )
-        )
-    return statements
+    def sqlite(self, db: sqlite3.Connection, batch: WrittenBatch) -> None:
+        deltas = rollup_deltas(batch.events)
+        if deltas:
+            db.executemany(_SQLITE_ADD_ROLLUP.sql, _SQLITE_ADD_ROLLUP.many(
+                [{**delta.key._asdict(), "spend": delta.spend, "requests": delta.requests, "failures": delta.failures}
+                 for delta in deltas]
+            ))
 
 
 _ROLLUPS: Table = SpendRollup.__table__  # type: ignore[attr-defined]
+
+
+def _sqlite_add_rollup() -> SqliteStatement:
+    """SQLite: adds one row's deltas, inserting it if never written before (run per row, in key order)."""
+    insert = sqlite_insert(_ROLLUPS)
+    upsert = insert.on_conflict_do_update(
+        index_elements=list(RollupKey._fields),
+        set_={
+            "spend": _ROLLUPS.c.spend + insert.excluded.spend,
+            "requests": _ROLLUPS.c.requests + insert.excluded.requests,
+            "failures": _ROLLUPS.c.failures + insert.excluded.failures,
+        },
+    )
+    return SqliteStatement(upsert, [*RollupKey._fields, "spend", "requests", "failures"])
+
+
+_SQLITE_ADD_ROLLUP = _sqlite_add_rollup()
 
 #: Adds each row's deltas, inserting rows never written before, in key order (no deadlocks).
 _PG_ADD_ROLLUPS = """
