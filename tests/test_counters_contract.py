@@ -123,12 +123,14 @@ async def sqlite_harness(url: str) -> Harness:
     """Two `SqliteCounters` on one migrated file: two connections and threads, as two processes would be."""
     engine = sql_engine(url)
     await upgrade(engine)
-    return Harness(
-        SqliteCounters.for_url(url), SqliteCounters.for_url(url), LedgerStore(session_factory(engine)), [engine]
-    )
+    counters = SqliteCounters.for_url(url)
+    store = LedgerStore(session_factory(engine))
+    store.write_through(counters.worker)  # as the service runs: one writer for the file (sqlite_statements.py)
+    return Harness(counters, SqliteCounters.for_url(url), store, [engine])
 
 
 async def dispose(harness: Harness) -> None:
+    await harness.store.close()
     for counters in (harness.counters, harness.replica):
         await counters.close()
     for engine in harness.engines:

@@ -215,20 +215,22 @@ async def test_on_the_embedded_default_the_store_is_written_by_the_counters_own_
     and events go through that thread as well, never through the engine's connection: taking the lock
     there too made the counters' writes wait for it in a storm of refusals (bench/README.md, seventeenth
     round)."""
-    app = await app_factory(database_url=sqlite_url)
+    app = await app_factory(database_url=sqlite_url, decision_store_max_rows=1)  # a prune after every batch
     assert app.runtime.sqlite_writer is not None
     on_engine: list[str] = []
 
     @event.listens_for(app.runtime.engine.sync_engine, "before_cursor_execute")
     def _seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith("INSERT"):
+        if statement.lstrip().upper().startswith(("INSERT", "DELETE")):
             on_engine.append(statement.split("(", 1)[0].strip())
 
     secret = await create_key(app.admin, id="k1", budget={"max_budget": "1.00", "duration": "1d"})
     on_engine.clear()  # the admin change's own inserts
+    await _deny(app, secret, "r-pruned")
+    await app.runtime.background.drain()  # type: ignore[union-attr]  # written (and pruned) alone
     denied = await _deny(app, secret, "r-denied")
     found = (await _decisions(app, entity="key:k1"))["items"]
-    assert [item["request_id"] for item in found] == ["r-denied"]
+    assert [item["request_id"] for item in found] == ["r-denied"]  # the cap of one row pruned the other
     assert found[0]["reasons"] == denied["reasons"] and found[0]["charges"] == denied["charges"]
     events = await app.admin.get("/v1/admin/alerts")
     assert events.status_code == 200, events.text

@@ -129,10 +129,13 @@ async def _exact_ranking(rows: list[tuple[LedgerRef, int, int | None]], now: dat
 async def _record_all(engine: AsyncEngine, rows: list[tuple[LedgerRef, int, int | None]]) -> None:
     """Each ledger charged by the record path, in two records (the tier after the second charge)."""
     store = LedgerStore(session_factory(engine))
-    for n, (ref, spent, limit) in enumerate(rows):
-        for part, cost in enumerate((spent // 2, spent - spent // 2)):
-            event = SpendEvent(request_id=f"r{n}-{part}", cost=cost, outcome="success", charges=charges_json([ref]))
-            await store.record(event=event, ledgers=[ref], limits={ref.id: limit} if limit else {})
+    try:
+        for n, (ref, spent, limit) in enumerate(rows):
+            for part, cost in enumerate((spent // 2, spent - spent // 2)):
+                event = SpendEvent(request_id=f"r{n}-{part}", cost=cost, outcome="success", charges=charges_json([ref]))
+                await store.record(event=event, ledgers=[ref], limits={ref.id: limit} if limit else {})
+    finally:
+        await store.close()  # SQLite: the store's own writer
 
 
 @pytest.mark.asyncio

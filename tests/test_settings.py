@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("variable", "value", "message"),
     [
         ("SPENDGATE_DATABASE_URL", "mysql://db/x", "must be a postgresql+asyncpg://"),
+        ("SPENDGATE_DATABASE_URL", "sqlite+aiosqlite://", "in-memory SQLite database: give it a file"),
+        ("SPENDGATE_DATABASE_URL", "sqlite+aiosqlite:///:memory:", "in-memory SQLite database: give it a file"),
         ("SPENDGATE_REDIS_URL", "http://cache:6379", "must be a redis://"),
         ("SPENDGATE_OPA_URL", "opa:8181", "must be an http(s):// URL"),
         ("SPENDGATE_RESERVATION_TTL", "-5", "must be a positive number of seconds"),

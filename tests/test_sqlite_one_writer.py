@@ -17,7 +17,13 @@ from spendgate.alerts import outbox
 from spendgate.db import create_engine, execute_core, session_factory
 from spendgate.decision_store import sqlite_writes
 from spendgate import ledger_store
+from spendgate.counters import SqliteCounters
+from spendgate.ledger_store import LedgerStore, RecordedSpend
+from spendgate.ledgers import LedgerRef, charges_json
 from spendgate.migrate import upgrade
+from spendgate.periods import EPOCH
+from spendgate.record_batch import WrittenBatch
+from spendgate.tables import SpendEvent
 from spendgate.reports import rollups
 from spendgate.settings import Settings
 from spendgate.sqlite_statements import SqliteStatement
@@ -29,6 +35,7 @@ pytestmark = pytest.mark.asyncio
 AT = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
 DAY = datetime(2026, 1, 2, tzinfo=timezone.utc)
 NEXT = datetime(2026, 1, 3, tzinfo=timezone.utc)
+ORG = LedgerRef("org", "o1", None, EPOCH, None)
 
 #: Every statement the one writer runs, with two rows each (the second, where it can, a conflict).
 CASES: list[tuple[str, SqliteStatement, list[dict[str, Any]]]] = [
@@ -139,3 +146,72 @@ async def test_records_on_the_embedded_default_go_through_the_counters_thread_an
     assert report.status_code == 200, report.text
     assert report.json()["rows"] == [{"key": "k1", "spend": "6.000000", "requests": count, "failures": 0}]
     assert on_engine == [], on_engine
+
+
+class _Refuses:
+    """An in-transaction writer that raises for one request: as a constraint the database enforces would."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    async def postgres(self, connection: Any, batch: WrittenBatch) -> None:  # pragma: no cover - SQLite only
+        raise AssertionError("not on PostgreSQL")
+
+    def sqlite(self, db: sqlite3.Connection, batch: WrittenBatch) -> None:
+        if any(e.request_id == self.request_id for e in batch.events):
+            raise sqlite3.IntegrityError(f"refused {self.request_id}")
+
+
+async def _sqlite_store(path: Path) -> tuple[LedgerStore, SqliteCounters, Any]:
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(Settings(database_url=url))
+    await upgrade(engine)
+    counters = SqliteCounters.for_url(url)
+    store = LedgerStore(session_factory(engine))
+    store.write_through(counters.worker)
+    return store, counters, engine
+
+
+def _event(request_id: str, cost: int) -> SpendEvent:
+    return SpendEvent(request_id=request_id, cost=cost, outcome="success", charges=charges_json([ORG]))
+
+
+async def test_a_record_that_fails_in_its_transaction_leaves_nothing_and_its_neighbours_commit(tmp_path: Path) -> None:
+    """A record is its event, its ledgers and its rollups, all or nothing — also when it shares the one
+    writer's transaction with others: the one that fails is rolled back alone, its caller hears why."""
+    store, counters, engine = await _sqlite_store(tmp_path / "s.db")
+    store.in_transaction.append(_Refuses("bad"))
+    try:
+        results = await asyncio.gather(
+            *(store.record(event=_event(rid, cost), ledgers=[ORG]) for rid, cost in (("good-1", 10), ("bad", 20),
+                                                                                     ("good-2", 30))),
+            return_exceptions=True,
+        )
+    finally:
+        await counters.close()
+        await engine.dispose()
+    assert isinstance(results[1], sqlite3.IntegrityError), results
+    assert [r.duplicate for r in results if isinstance(r, RecordedSpend)] == [False, False]
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert dict(db.execute("SELECT request_id, cost FROM spend_events")) == {"good-1": 10, "good-2": 30}
+        assert db.execute("SELECT spent, version FROM ledgers").fetchall() == [(40, 2)]
+        assert db.execute("SELECT sum(spend), sum(requests) FROM spend_rollups WHERE entity_type = '*'").fetchone() \
+            == (40, 2)
+
+
+async def test_the_same_request_id_twice_at_once_is_recorded_once(tmp_path: Path) -> None:
+    store, counters, engine = await _sqlite_store(tmp_path / "s.db")
+    try:
+        results = await asyncio.gather(*(
+            store.record(event=_event(rid, cost), ledgers=[ORG]) for rid, cost in (("twice", 500), ("other", 7),
+                                                                                  ("twice", 500))
+        ))
+    finally:
+        await counters.close()
+        await engine.dispose()
+    twice = [r for r in results if r.event.request_id == "twice"]
+    assert sorted(r.duplicate for r in twice) == [False, True]
+    assert {s.spent for r in twice for s in r.snapshots} <= {500, 507}  # committed figures, its cost in them
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT spent FROM ledgers").fetchall() == [(507,)]
+        assert dict(db.execute("SELECT request_id, cost FROM spend_events")) == {"twice": 500, "other": 7}

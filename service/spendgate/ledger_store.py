@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .counters.sqlite_worker import SqliteWorker, connect_sqlite
 from .db import SessionFactory, execute_core, sqlite_file, wrap_database_errors
+from .errors import Unavailable
 from .headroom import headroom_tier, headroom_tier_sql
 from .ledgers import LedgerRef, LedgerSnapshot, charged_refs
 from .pg_direct import direct_transaction
@@ -66,27 +67,29 @@ class LedgerStore:
             if engine.dialect.name == "postgresql"
             else None
         )
+        #: SQLite: a writer of this store's own (opens its connection on the first record), until the
+        #: counters' is shared with it; made here so that a database it cannot write fails at start-up.
         self._sqlite_writer: SqliteWorker | None = None
         self._owns_writer = False
-
-    def write_through(self, writer: SqliteWorker) -> None:
-        """SQLite: write records through `writer`, the counters' own (`sqlite_statements.py` says why)."""
-        if self._owns_writer:
-            raise RuntimeError("records are already written through a writer of this store's own")
-        self._sqlite_writer = writer
-
-    def _writer(self) -> SqliteWorker:
-        """SQLite: the writer records go through — the counters', or one of this store's own (Redis counters)."""
-        if self._sqlite_writer is None:
-            name, uri = sqlite_file(self._engine.url.render_as_string(hide_password=False))
+        if self._batcher is None:
+            name, uri = sqlite_file(engine.url.render_as_string(hide_password=False))
             self._sqlite_writer = SqliteWorker(partial(connect_sqlite, name, uri=uri))
             self._owns_writer = True
-        return self._sqlite_writer
+        self._recorded = False
+
+    def write_through(self, writer: SqliteWorker) -> None:
+        """SQLite, before the first record: write records through `writer`, the counters' own — one writer
+        for the file (`sqlite_statements.py` says why). The store's own writer, never used, is dropped."""
+        if self._recorded:
+            raise RuntimeError("write_through after a record: the store's own writer is in use")
+        self._sqlite_writer, self._owns_writer = writer, False
 
     async def close(self) -> None:
-        """Close the SQLite writer this store made for itself, if it made one."""
-        if self._owns_writer and self._sqlite_writer is not None:
-            await self._sqlite_writer.close()
+        """Close the SQLite writer this store made for itself, if it made one (the counters close theirs)."""
+        writer, owned = self._sqlite_writer, self._owns_writer
+        self._sqlite_writer, self._owns_writer = None, False
+        if owned and writer is not None:
+            await writer.close()
 
     async def snapshots(self, ledger_ids: Sequence[str]) -> dict[str, LedgerSnapshot]:
         """Current `spent`/`version` of the given ledgers; absent ledgers are simply missing."""
@@ -124,7 +127,10 @@ class LedgerStore:
             if written is not None:
                 return RecordedSpend(event, False, written)
         else:
-            written = await self._writer().write(partial(
+            if self._sqlite_writer is None:
+                raise Unavailable("database", "the ledger store is closed")
+            self._recorded = True
+            written = await self._sqlite_writer.write(partial(
                 self._record_sqlite,
                 event=event,
                 event_row=_SQLITE_INSERT_EVENT.parameters(event.model_dump()),

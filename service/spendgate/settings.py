@@ -117,7 +117,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        if value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        if value.startswith("sqlite+aiosqlite://"):
+            from .db import sqlite_file  # here: db imports this module
+
+            sqlite_file(value)  # an in-memory database is refused, naming the URL
+            return value
+        if value.startswith("postgresql+asyncpg://"):
             return value
         if value.startswith(("postgres://", "postgresql://")):
             scheme, rest = value.split("://", 1)

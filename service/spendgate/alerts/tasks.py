@@ -52,7 +52,7 @@ def start_alerting(runtime: Runtime) -> Alerting:
     )
     sink = None
     if runtime.sqlite_writer is not None:  # the embedded default: one writer for the file (sqlite_writes.py)
-        sink = SqliteBatchWriter(runtime.sqlite_writer).write
+        sink = SqliteBatchWriter(runtime.sqlite_writer)
     runtime.background = BackgroundWriter(
         runtime.sessions, max_rows=settings.decision_store_max_rows,
         max_age_seconds=settings.decision_store_max_age_seconds, clock=lambda: runtime.clock(),

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, and_, delete, or_, select
+from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from ..alerts.payload import iso
@@ -23,8 +24,8 @@ from ..tables import DecisionRecord, DecisionRecordEntity
 from .cursor import decode_cursor, encode_cursor
 
 __all__ = [
-    "StoredRow", "new_decision_id", "row_from_answer", "write_rows", "entity_rows", "prune", "recent", "RECORDS",
-    "ENTITIES",
+    "StoredRow", "new_decision_id", "row_from_answer", "write_rows", "entity_rows", "pruning", "prune", "recent",
+    "RECORDS", "ENTITIES",
 ]
 
 RECORDS: Table = DecisionRecord.__table__  # type: ignore[attr-defined]
@@ -97,25 +98,26 @@ def entity_rows(rows: Sequence[StoredRow]) -> list[dict[str, Any]]:
     ]
 
 
-async def prune(session: AsyncSession, *, max_rows: int, max_age_seconds: float, now: datetime) -> int:
-    """Drop rows older than the age cap and beyond the newest `max_rows`; returns how many went."""
+def pruning(*, max_rows: int, max_age_seconds: float, now: datetime) -> UpdateBase:
+    """Deletes the rows older than the age cap and beyond the newest `max_rows`, returning their ids."""
     oldest = now - timedelta(seconds=max_age_seconds)
     beyond = (
         select(RECORDS.c.decision_id)
         .order_by(RECORDS.c.at.desc(), RECORDS.c.decision_id.desc())
         .offset(max_rows)
     )
-    gone = [
-        row[0]
-        for row in (
-            await execute_core(
-                session,
-                delete(RECORDS)
-                .where(or_(RECORDS.c.at < oldest, RECORDS.c.decision_id.in_(beyond.scalar_subquery())))
-                .returning(RECORDS.c.decision_id),
-            )
-        ).all()
-    ]
+    return (
+        delete(RECORDS)
+        .where(or_(RECORDS.c.at < oldest, RECORDS.c.decision_id.in_(beyond.scalar_subquery())))
+        .returning(RECORDS.c.decision_id)
+    )
+
+
+async def prune(session: AsyncSession, *, max_rows: int, max_age_seconds: float, now: datetime) -> int:
+    """Drop rows older than the age cap and beyond the newest `max_rows` (and their index entries);
+    returns how many went."""
+    statement = pruning(max_rows=max_rows, max_age_seconds=max_age_seconds, now=now)
+    gone = [row[0] for row in (await execute_core(session, statement)).all()]
     for start in range(0, len(gone), 500):
         await execute_core(session, delete(ENTITIES).where(ENTITIES.c.decision_id.in_(gone[start:start + 500])))
     return len(gone)

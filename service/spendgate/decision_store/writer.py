@@ -25,9 +25,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from prometheus_client import Counter
 
@@ -37,7 +37,7 @@ from ..db import SessionFactory, wrap_database_errors
 from ..errors import SpendgateError
 from .store import StoredRow, prune, write_rows
 
-__all__ = ["BackgroundWriter", "BatchSink", "LINGER_SECONDS"]
+__all__ = ["BackgroundWriter", "BatchSink", "SessionSink", "LINGER_SECONDS"]
 
 log = logging.getLogger("spendgate.background")
 
@@ -56,8 +56,30 @@ class _Item(NamedTuple):
     drafts: tuple[AlertDraft, ...]
 
 
-#: Writes one batch's decision rows and alert events in one transaction.
-BatchSink = Callable[[Sequence[StoredRow], Sequence[AlertDraft]], Awaitable[None]]
+class BatchSink(Protocol):
+    """Where the writer's batches go: the engine's sessions, or the embedded database's one writer."""
+
+    async def write(self, rows: Sequence[StoredRow], drafts: Sequence[AlertDraft]) -> None:
+        """A batch's decision rows and alert events, in one transaction."""
+
+    async def prune(self, *, max_rows: int, max_age_seconds: float, now: datetime) -> int:
+        """`store.prune` in a transaction of its own; how many rows went."""
+
+
+class SessionSink:
+    """Batches through the engine's sessions (PostgreSQL; SQLite without its counters' writer)."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    async def write(self, rows: Sequence[StoredRow], drafts: Sequence[AlertDraft]) -> None:
+        async with wrap_database_errors(), self._sessions() as session, session.begin():
+            await write_rows(session, rows)
+            await insert_core(session, drafts)
+
+    async def prune(self, *, max_rows: int, max_age_seconds: float, now: datetime) -> int:
+        async with wrap_database_errors(), self._sessions() as session, session.begin():
+            return await prune(session, max_rows=max_rows, max_age_seconds=max_age_seconds, now=now)
 
 
 class BackgroundWriter:
@@ -65,8 +87,7 @@ class BackgroundWriter:
         self, sessions: SessionFactory, *, max_rows: int, max_age_seconds: float, clock: Callable[[], datetime],
         dropped: Counter | None = None, linger_seconds: float = LINGER_SECONDS, sink: BatchSink | None = None,
     ) -> None:
-        self._sessions = sessions
-        self._sink: BatchSink = sink or self._in_session
+        self._sink: BatchSink = sink or SessionSink(sessions)
         self._linger = linger_seconds
         self._max_rows = max_rows
         self._max_age = max_age_seconds
@@ -112,7 +133,7 @@ class BackgroundWriter:
     async def _write(self, batch: Sequence[_Item]) -> None:
         rows = [item.row for item in batch if item.row is not None]
         drafts = {d.dedupe_key: d for item in batch for d in item.drafts if d.dedupe_key not in self._seen}
-        await self._sink(rows, list(drafts.values()))
+        await self._sink.write(rows, list(drafts.values()))
         for key in drafts:  # only once committed: a failed write is retried by the next refusal
             self._seen[key] = None
             if len(self._seen) > _SEEN_MAX:
@@ -122,11 +143,10 @@ class BackgroundWriter:
             self._since_prune >= max(1, self._max_rows // 10)
             or time.monotonic() - self._last_prune > _PRUNE_EVERY_SECONDS
         ):
-            async with wrap_database_errors(), self._sessions() as session, session.begin():
-                await prune(session, max_rows=self._max_rows, max_age_seconds=self._max_age, now=self._clock())
-            self._since_prune, self._last_prune = 0, time.monotonic()
-
-    async def _in_session(self, rows: Sequence[StoredRow], drafts: Sequence[AlertDraft]) -> None:
-        async with wrap_database_errors(), self._sessions() as session, session.begin():
-            await write_rows(session, rows)
-            await insert_core(session, drafts)
+            self._since_prune, self._last_prune = 0, time.monotonic()  # a failed prune is tried again later
+            try:
+                await self._sink.prune(max_rows=self._max_rows, max_age_seconds=self._max_age, now=self._clock())
+            except SpendgateError as exc:
+                log.warning("recent decisions not pruned: %s", exc.message)
+            except Exception:  # noqa: BLE001 — the rows are written; the next prune catches up
+                log.exception("recent decisions not pruned")
