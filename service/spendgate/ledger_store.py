@@ -84,6 +84,11 @@ class LedgerStore:
             raise RuntimeError("write_through after a record: the store's own writer is in use")
         self._sqlite_writer, self._owns_writer = writer, False
 
+    @property
+    def sqlite_writer(self) -> SqliteWorker | None:
+        """SQLite: the file's one writer, which records go through (and the recent-decisions store too)."""
+        return self._sqlite_writer
+
     async def close(self) -> None:
         """Close the SQLite writer this store made for itself, if it made one (the counters close theirs)."""
         writer, owned = self._sqlite_writer, self._owns_writer
@@ -275,10 +280,7 @@ def _sqlite_add_spend() -> SqliteStatement:
             ),
         },
     ).returning(_LEDGERS.c.ledger_id, _LEDGERS.c.spent, _LEDGERS.c.version)
-    return SqliteStatement(upsert, [
-        "ledger_id", "entity_type", "entity_id", "window", "period_start", "period_end", "spent", "reserved",
-        "version", "updated_at", "limit_at_charge", "headroom_tier",
-    ])
+    return SqliteStatement(upsert, [c.name for c in _LEDGERS.c])
 
 
 _SQLITE_ADD_SPEND = _sqlite_add_spend()

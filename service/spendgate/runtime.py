@@ -58,8 +58,8 @@ class Runtime:
     authorize_slots: InFlightLimit = field(init=False)
     #: Writes recent decisions and refusal alerts off the decision path (set by the app's lifespan).
     background: BackgroundWriter | None = None
-    #: The embedded database's one writer (the SQLite counters' thread), which the background writer
-    #: writes through too; None when the counters are not SQLite's.
+    #: SQLite: the file's one writer (the SQLite counters' thread, or with Redis counters the ledger
+    #: store's own), which records and the background writer write through; None on PostgreSQL.
     sqlite_writer: SqliteWorker | None = None
     #: The ports as the decision routes call them, each stage timed (decisions/observed.py makes them once).
     timed_ports: Any = field(default=None, init=False, repr=False, compare=False)
@@ -173,7 +173,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         )
         yield Runtime(
             settings, engine, sessions, ledgers, counters, policy, facts, redis_client, metrics=metrics,
-            sqlite_writer=adapter.worker if isinstance(adapter, SqliteCounters) else None,
+            sqlite_writer=ledgers.sqlite_writer,
         )
     finally:
         if facts is not None:
